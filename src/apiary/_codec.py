@@ -1,0 +1,137 @@
+"""The JSON codec shared by every engine for arguments, outputs and recorded values.
+
+Arguments and outputs are JSON values: ``None``, ``bool``, ``int``, ``float``, ``str``,
+``list`` and ``dict`` with string keys. Tuples become lists. Because rows read from a
+database often hold other types, these are carried too, tagged so that they decode to the
+same Python type (a replayed output must equal the original, type included):
+
+==========================  ===========================================
+Python value                 JSON form
+==========================  ===========================================
+``decimal.Decimal``          ``{"$decimal": "12.50"}``
+``datetime.datetime``        ``{"$datetime": "2026-01-02T03:04:05+00:00"}``
+``datetime.date``            ``{"$date": "2026-01-02"}``
+``datetime.time``            ``{"$time": "03:04:05"}``
+``bytes`` / ``memoryview``   ``{"$bytes": "<base64>"}`` (decodes to ``bytes``)
+``uuid.UUID``                ``{"$uuid": "..."}``
+a dict whose only key        ``{"$dict": {...}}`` (so user data never reads as a tag)
+starts with ``$``
+==========================  ===========================================
+
+NaN and infinities are refused: they are not JSON and PostgreSQL's ``jsonb`` rejects them.
+
+This module imports only the standard library (it is part of the in-database runtime).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import json
+import uuid
+from typing import Any
+
+_SCALARS = (str, int, float, bool, type(None))
+
+_encoder = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False
+)
+_canonical_encoder = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), sort_keys=True
+)
+
+
+def _tag(value: Any) -> Any:
+    """Turn a value into plain JSON data, tagging the extra types."""
+    kind = type(value)
+    if kind in _SCALARS:
+        if kind is float and (value != value or value in (float("inf"), float("-inf"))):
+            raise TypeError(f"{value!r} is not a JSON value")
+        return value
+    if kind is list or kind is tuple:
+        return [_tag(item) for item in value]
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise TypeError(f"dict key {key!r} is not a string; JSON objects need string keys")
+            out[key] = _tag(item)
+        if len(out) == 1 and next(iter(out)).startswith("$"):
+            return {"$dict": out}
+        return out
+    # Subclasses of the scalars (IntEnum, StrEnum, numpy-free bool wrappers) become plain.
+    for base in (bool, int, float, str):
+        if isinstance(value, base):
+            return _tag(base(value))
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            raise TypeError(f"{value!r} is not a JSON value")
+        return {"$decimal": str(value)}
+    if isinstance(value, datetime.datetime):
+        return {"$datetime": value.isoformat()}
+    if isinstance(value, datetime.date):
+        return {"$date": value.isoformat()}
+    if isinstance(value, datetime.time):
+        return {"$time": value.isoformat()}
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, uuid.UUID):
+        return {"$uuid": str(value)}
+    raise TypeError(f"a {kind.__name__} is not a JSON value")
+
+
+_UNTAG = {
+    "$decimal": decimal.Decimal,
+    "$datetime": datetime.datetime.fromisoformat,
+    "$date": datetime.date.fromisoformat,
+    "$time": datetime.time.fromisoformat,
+    "$bytes": lambda text: base64.b64decode(text.encode("ascii")),
+    "$uuid": uuid.UUID,
+}
+
+
+def _object_hook(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1:
+        key, value = next(iter(obj.items()))
+        if key == "$dict":
+            return value
+        untag = _UNTAG.get(key)
+        if untag is not None:
+            return untag(value)
+    return obj
+
+
+_decoder = json.JSONDecoder(object_hook=_object_hook)
+
+
+def dumps(value: Any) -> str:
+    """Encode a value as compact JSON text. Raises ``TypeError`` for non-JSON values."""
+    if type(value) in _SCALARS and type(value) is not float:
+        return _encoder.encode(value)
+    return _encoder.encode(_tag(value))
+
+
+def canonical_dumps(value: Any) -> str:
+    """Encode with sorted keys, so equal values give equal text (used to compare inputs)."""
+    return _canonical_encoder.encode(_tag(value))
+
+
+def loads(text: str) -> Any:
+    """Decode text made by :func:`dumps`, restoring the tagged types."""
+    return _decoder.decode(text)
+
+
+def normalize(value: Any) -> Any:
+    """Return ``value`` as it reads back after a round trip through the codec.
+
+    Outputs are normalized before they are passed on, so that a function sees the same
+    input whether its parent just ran or its recorded output was replayed.
+    Raises ``TypeError`` naming the offending part if ``value`` is not a JSON value.
+    """
+    kind = type(value)
+    if kind in _SCALARS and kind is not float:
+        return value
+    if kind is list and all(type(item) in _SCALARS and type(item) is not float for item in value):
+        return value
+    return loads(dumps(value))

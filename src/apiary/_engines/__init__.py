@@ -1,0 +1,24 @@
+"""Database engines, chosen by the scheme of the database URL."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+from apiary._engines._base import DeclaredStatement, Engine
+
+__all__ = ["DeclaredStatement", "Engine", "open_engine"]
+
+
+def open_engine(url: str, executor: concurrent.futures.Executor) -> Engine:
+    """Open the engine a URL names: ``sqlite:///path`` or ``postgresql://...``."""
+    if not isinstance(url, str):
+        raise TypeError(f"the database URL must be a str, not {type(url).__name__}")
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme == "sqlite":
+        from apiary._engines.sqlite import SQLiteEngine
+
+        return SQLiteEngine.from_url(url, executor)
+    raise ValueError(
+        f"unsupported database URL {url!r}: expected sqlite:///path/to/file.db "
+        "(the embedded default)"
+    )

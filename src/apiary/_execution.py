@@ -1,0 +1,706 @@
+"""The execution core: runs one transaction unit against a tiny database adapter.
+
+A *transaction unit* is one function, or the functions of one ``apiary.transaction()``
+group, run as a single ACID transaction. Every engine and placement runs units through
+:func:`run_unit` here, inside a transaction the engine opened:
+
+* SQLite: in-process, between ``BEGIN [IMMEDIATE]`` and ``COMMIT``;
+* PostgreSQL, ``placement=db``: inside a PL/Python stored procedure;
+* PostgreSQL, ``placement=client``: in the application process, over a connection.
+
+The core talks to the database only through :class:`Database` (run a prepared statement,
+get rows or a row count). It imports only the standard library and the other core modules
+(``_errors``, ``_codec``), because the PostgreSQL engine ships this very source into the
+database, where only the server's own Python exists.
+
+The workflow bookkeeping of exactly-once execution also lives here, as functions that run
+inside a transaction: the status row (``{sys}workflows``) and recorded outputs
+(``{sys}outputs``). ``{sys}`` is the engine's prefix for system tables (``apiary_`` on
+SQLite, the ``apiary.`` schema on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from apiary import _codec
+from apiary._errors import (
+    DatabaseUnavailableError,
+    FunctionError,
+    RegistrationError,
+    WorkflowConflictError,
+)
+
+# --------------------------------------------------------------------------------------
+# Statements and the adapter
+# --------------------------------------------------------------------------------------
+
+
+class Statement:
+    """A parameterized prepared statement, declared once with :func:`apiary.sql`.
+
+    ``text`` is portable SQL with ``?`` placeholders. Engines prepare it once per
+    connection (SQLite's statement cache, ``plpy.prepare`` plans, server-side prepares).
+    The registrar attaches its analysis (read or write, tables) as ``info``.
+    """
+
+    __slots__ = ("info", "system", "text")
+
+    def __init__(self, text: str, *, system: bool = False) -> None:
+        if not isinstance(text, str):
+            raise TypeError(f"apiary.sql() takes the SQL text as a str, not {type(text).__name__}")
+        self.text = text
+        self.system = system
+        self.info: Any = None
+
+    def __repr__(self) -> str:
+        return f"Statement({self.text!r})"
+
+
+class Database(Protocol):
+    """What the execution core needs from a database: run a prepared statement.
+
+    Implementations map a :class:`Statement` to the engine's prepared form (caching it)
+    and raise :class:`TransactionConflict` for serialization failures and deadlocks.
+    """
+
+    def query(self, stmt: Statement, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run a statement that returns rows; return them as tuples."""
+        ...
+
+    def execute(self, stmt: Statement, params: Sequence[Any]) -> int:
+        """Run a statement for its effect; return the number of rows affected."""
+        ...
+
+
+class TransactionConflict(BaseException):  # noqa: N818 - a signal, not an error
+    """Signal: the transaction lost a serialization conflict and must be retried whole.
+
+    Adapters raise it. It derives from ``BaseException`` so that application code with
+    ``except Exception`` cannot swallow it; the context is also poisoned, so a unit whose
+    code swallowed it anyway still fails and is retried rather than committing partially.
+    """
+
+
+# --------------------------------------------------------------------------------------
+# Contexts handed to application code
+# --------------------------------------------------------------------------------------
+
+
+class TxContext:
+    """The context of a transactional function: its only way to reach the database.
+
+    ``query``/``query_one``/``execute`` accept only the :class:`Statement` objects the
+    function declared (referenced from its code); anything else is refused, because the
+    registrar classified the function read-only or writing from exactly those.
+    """
+
+    __slots__ = ("_allowed", "_db", "_function", "invocation_id", "poisoned", "workflow_id")
+
+    def __init__(
+        self,
+        db: Database,
+        workflow_id: str | None,
+        invocation_id: str | None,
+        allowed: frozenset[str] | None = None,
+        function: str = "",
+    ) -> None:
+        self._db = db
+        self._allowed = allowed
+        self._function = function
+        self.workflow_id = workflow_id
+        self.invocation_id = invocation_id
+        self.poisoned = False
+
+    def _check(self, stmt: Any) -> Statement:
+        if type(stmt) is not Statement:
+            if isinstance(stmt, str):
+                raise TypeError(
+                    f"{self._function}: raw SQL strings are refused; declare the statement "
+                    f"at module level with apiary.sql(...) and pass that: {stmt[:80]!r}"
+                )
+            raise TypeError(
+                f"{self._function}: expected an apiary.Statement, got {type(stmt).__name__}"
+            )
+        if self._allowed is not None and stmt.text not in self._allowed:
+            raise RegistrationError(
+                f"function {self._function!r} ran statement {stmt.text!r}, which the registrar "
+                "did not find in its code; reference each statement by name from the function "
+                "(or a module-level helper it calls) so it can be classified"
+            )
+        return stmt
+
+    def query(self, stmt: Statement, *params: Any) -> list[tuple[Any, ...]]:
+        """Run a declared statement and return all its rows as tuples."""
+        self._check(stmt)
+        try:
+            return self._db.query(stmt, params)
+        except TransactionConflict:
+            self.poisoned = True
+            raise
+
+    def query_one(self, stmt: Statement, *params: Any) -> tuple[Any, ...] | None:
+        """Run a declared statement and return its first row, or ``None``."""
+        rows = self.query(stmt, *params)
+        return rows[0] if rows else None
+
+    def execute(self, stmt: Statement, *params: Any) -> int:
+        """Run a declared statement for its effect; return the number of rows affected."""
+        self._check(stmt)
+        try:
+            return self._db.execute(stmt, params)
+        except TransactionConflict:
+            self.poisoned = True
+            raise
+
+    def __repr__(self) -> str:
+        return f"TxContext(invocation_id={self.invocation_id!r})"
+
+
+class StepContext:
+    """The context of a step (a non-transactional call, run by the scheduler).
+
+    ``idempotency_key`` is stable across retries of the workflow: pass it to the external
+    service so that a step re-run after a crash does not act twice.
+    """
+
+    __slots__ = ("invocation_id", "workflow_id")
+
+    def __init__(self, workflow_id: str | None, invocation_id: str | None) -> None:
+        self.workflow_id = workflow_id
+        self.invocation_id = invocation_id
+
+    @property
+    def idempotency_key(self) -> str | None:
+        """A key that names this step call across retries (its invocation ID)."""
+        return self.invocation_id
+
+    def __repr__(self) -> str:
+        return f"StepContext(invocation_id={self.invocation_id!r})"
+
+
+# --------------------------------------------------------------------------------------
+# Value templates: how a call's arguments (and a workflow's output) are built
+# --------------------------------------------------------------------------------------
+# A template is JSON data, so compiled units can be shipped into the database:
+#   ["p", name]       a workflow parameter      ["n", node]     the output of a node
+#   ["c", value]      a constant                ["l", [t, ...]] a list of templates
+#   ["d", {k: t}]     a dict of templates
+
+
+def resolve(template: Sequence[Any], params: Mapping[str, Any], outputs: Mapping[str, Any]) -> Any:
+    """Build the value a template describes."""
+    tag = template[0]
+    if tag == "n":
+        return outputs[template[1]]
+    if tag == "p":
+        return params[template[1]]
+    if tag == "c":
+        return template[1]
+    if tag == "l":
+        return [resolve(item, params, outputs) for item in template[1]]
+    if tag == "d":
+        return {key: resolve(item, params, outputs) for key, item in template[1].items()}
+    raise ValueError(f"unknown template tag {tag!r}")
+
+
+def template_nodes(template: Sequence[Any]) -> list[str]:
+    """The nodes whose outputs a template reads."""
+    tag = template[0]
+    if tag == "n":
+        return [template[1]]
+    if tag == "l":
+        return [node for item in template[1] for node in template_nodes(item)]
+    if tag == "d":
+        return [node for item in template[1].values() for node in template_nodes(item)]
+    return []
+
+
+# --------------------------------------------------------------------------------------
+# Compiled transaction units
+# --------------------------------------------------------------------------------------
+
+
+class Member:
+    """One function call inside a unit: its node ID, function, arguments and statements."""
+
+    __slots__ = ("args", "function", "node", "statements")
+
+    def __init__(
+        self,
+        node: str,
+        function: str,
+        args: Mapping[str, Sequence[Any]],
+        statements: frozenset[str] | None,
+    ) -> None:
+        self.node = node
+        self.function = function
+        self.args = dict(args)
+        self.statements = statements
+
+
+class UnitSpec:
+    """A transaction unit as compiled by the registrar; plain data, shippable as JSON.
+
+    Attributes:
+        id: node part of the unit's invocation ID (``{workflow_id}/{id}``).
+        members: the calls, in an order where each member's in-unit inputs come first.
+        read_only: no member writes (SQLite runs it on a snapshot, without the write lock).
+        recorded: the unit looks up and records its output (selective function recording).
+        starts: the unit also creates the workflow's status row (it is the only root).
+        finishes: the unit also finishes the workflow; ``output`` is the output template.
+    """
+
+    __slots__ = ("finishes", "id", "members", "output", "read_only", "recorded", "starts")
+
+    def __init__(
+        self,
+        id: str,
+        members: Sequence[Member],
+        *,
+        read_only: bool,
+        recorded: bool = False,
+        starts: bool = False,
+        finishes: bool = False,
+        output: Sequence[Any] | None = None,
+    ) -> None:
+        self.id = id
+        self.members = list(members)
+        self.read_only = read_only
+        self.recorded = recorded
+        self.starts = starts
+        self.finishes = finishes
+        self.output = output
+
+    @property
+    def writes(self) -> bool:
+        """Whether the unit's transaction writes (application data or bookkeeping)."""
+        return not self.read_only or self.recorded or self.starts or self.finishes
+
+    def to_json(self) -> dict[str, Any]:
+        """The unit as JSON data (compiled into PostgreSQL stored procedures)."""
+        return {
+            "id": self.id,
+            "members": [
+                [m.node, m.function, m.args, None if m.statements is None else sorted(m.statements)]
+                for m in self.members
+            ],
+            "read_only": self.read_only,
+            "recorded": self.recorded,
+            "starts": self.starts,
+            "finishes": self.finishes,
+            "output": self.output,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> UnitSpec:
+        """Rebuild a unit from :meth:`to_json` data."""
+        members = [
+            Member(node, function, args, None if stmts is None else frozenset(stmts))
+            for node, function, args, stmts in data["members"]
+        ]
+        return cls(
+            data["id"],
+            members,
+            read_only=data["read_only"],
+            recorded=data["recorded"],
+            starts=data["starts"],
+            finishes=data["finishes"],
+            output=data["output"],
+        )
+
+
+class UnitRequest:
+    """One call of a unit: the workflow it belongs to and the values it needs.
+
+    Attributes:
+        workflow_id: the workflow, or ``None`` for a direct call outside any workflow.
+        params: the workflow's arguments (or the function's, for a direct call).
+        inputs: outputs of nodes outside the unit that its members read.
+        start: for a unit that ``starts`` the workflow, the status row to create:
+            ``{"name", "inputs", "owner", "version"}`` (``inputs`` is canonical JSON).
+        call_id: invocation ID of a direct call (``workflow_id`` is ``None``).
+    """
+
+    __slots__ = ("call_id", "inputs", "params", "start", "workflow_id")
+
+    def __init__(
+        self,
+        workflow_id: str | None,
+        params: Mapping[str, Any],
+        inputs: Mapping[str, Any] | None = None,
+        start: Mapping[str, Any] | None = None,
+        call_id: str | None = None,
+    ) -> None:
+        self.workflow_id = workflow_id
+        self.params = params
+        self.inputs = inputs if inputs is not None else {}
+        self.start = start
+        self.call_id = call_id
+
+
+class WorkflowRecord:
+    """A workflow's status row: ``PENDING``, ``SUCCESS`` (with output) or ``ERROR``."""
+
+    __slots__ = ("error", "inputs", "name", "output", "owner", "status", "version", "workflow_id")
+
+    def __init__(
+        self,
+        workflow_id: str,
+        name: str,
+        inputs: str,
+        status: str,
+        output: str | None,
+        error: str | None,
+        owner: str | None,
+        version: str | None,
+    ) -> None:
+        self.workflow_id = workflow_id
+        self.name = name
+        self.inputs = inputs
+        self.status = status
+        self.output = output
+        self.error = error
+        self.owner = owner
+        self.version = version
+
+    @property
+    def finished(self) -> bool:
+        """Whether the workflow ended (``SUCCESS`` or ``ERROR``)."""
+        return self.status != PENDING
+
+    def result(self) -> Any:
+        """The workflow's output; raises the recorded :class:`FunctionError` if it failed."""
+        if self.status == SUCCESS:
+            return None if self.output is None else _codec.loads(self.output)
+        if self.status == ERROR:
+            raise FunctionError.from_json(_codec.loads(self.error or "{}"), self.workflow_id)
+        raise RuntimeError(f"workflow {self.workflow_id!r} has not finished")
+
+    def __repr__(self) -> str:
+        return f"WorkflowRecord({self.workflow_id!r}, {self.name!r}, {self.status})"
+
+
+class UnitOutcome:
+    """What running a unit produced: member outputs, or the already-finished workflow."""
+
+    __slots__ = ("finished", "outputs")
+
+    def __init__(
+        self, outputs: dict[str, Any] | None, finished: WorkflowRecord | None = None
+    ) -> None:
+        self.outputs = outputs
+        self.finished = finished
+
+
+# --------------------------------------------------------------------------------------
+# System statements (portable between SQLite and PostgreSQL)
+# --------------------------------------------------------------------------------------
+
+PENDING, SUCCESS, ERROR = "PENDING", "SUCCESS", "ERROR"
+
+_WORKFLOW_COLUMNS = "workflow_id, name, inputs, status, output, error, owner, version"
+
+BEGIN_WORKFLOW = Statement(
+    "INSERT INTO {sys}workflows (workflow_id, name, inputs, status, owner, version, "
+    "created_at, updated_at) VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?) "
+    "ON CONFLICT (workflow_id) DO NOTHING",
+    system=True,
+)
+INSERT_FAILED_WORKFLOW = Statement(
+    "INSERT INTO {sys}workflows (workflow_id, name, inputs, status, error, owner, version, "
+    "created_at, updated_at) VALUES (?, ?, ?, 'ERROR', ?, ?, ?, ?, ?) "
+    "ON CONFLICT (workflow_id) DO NOTHING",
+    system=True,
+)
+GET_WORKFLOW = Statement(
+    f"SELECT {_WORKFLOW_COLUMNS} FROM {{sys}}workflows WHERE workflow_id = ?", system=True
+)
+END_WORKFLOW = Statement(
+    "UPDATE {sys}workflows SET status = ?, output = ?, error = ?, updated_at = ? "
+    "WHERE workflow_id = ? AND status = 'PENDING'",
+    system=True,
+)
+CLEAR_OUTPUTS = Statement("DELETE FROM {sys}outputs WHERE workflow_id = ?", system=True)
+# One statement gives both the workflow's status and the unit's recorded output: a unit
+# must not re-run once its workflow finished (its recorded output is gone by then).
+LOOKUP_OUTPUT = Statement(
+    "SELECT w.status, o.output FROM {sys}workflows w "
+    "LEFT JOIN {sys}outputs o ON o.invocation_id = ? WHERE w.workflow_id = ?",
+    system=True,
+)
+RECORD_OUTPUT = Statement(
+    "INSERT INTO {sys}outputs (invocation_id, workflow_id, output) VALUES (?, ?, ?)",
+    system=True,
+)
+LIST_PENDING = Statement(
+    "SELECT workflow_id FROM {sys}workflows WHERE status = 'PENDING' ORDER BY created_at",
+    system=True,
+)
+NEW_CLIENT = Statement(
+    "INSERT INTO {sys}clients (created_at) VALUES (?) RETURNING client_id", system=True
+)
+
+SYSTEM_STATEMENTS = (
+    BEGIN_WORKFLOW,
+    INSERT_FAILED_WORKFLOW,
+    GET_WORKFLOW,
+    END_WORKFLOW,
+    CLEAR_OUTPUTS,
+    LOOKUP_OUTPUT,
+    RECORD_OUTPUT,
+    LIST_PENDING,
+    NEW_CLIENT,
+)
+
+
+# --------------------------------------------------------------------------------------
+# Workflow bookkeeping (each runs inside a transaction the engine opened)
+# --------------------------------------------------------------------------------------
+
+
+def get_workflow(db: Database, workflow_id: str) -> WorkflowRecord | None:
+    """Read a workflow's status row."""
+    rows = db.query(GET_WORKFLOW, (workflow_id,))
+    return WorkflowRecord(*rows[0]) if rows else None
+
+
+def begin_workflow(
+    db: Database, workflow_id: str, start: Mapping[str, Any]
+) -> tuple[bool, WorkflowRecord | None]:
+    """Create the workflow's ``PENDING`` status row, or find the existing one.
+
+    Returns ``(created, finished_record)``: ``created`` is true when this call made the
+    row (nothing can be recorded yet); ``finished_record`` is set when the workflow
+    already ended, so its answer is returned without running anything.
+    Raises :class:`WorkflowConflictError` if the ID names another workflow or inputs.
+    """
+    now = time.time()
+    created = db.execute(
+        BEGIN_WORKFLOW,
+        (
+            workflow_id,
+            start["name"],
+            start["inputs"],
+            start.get("owner"),
+            start.get("version"),
+            now,
+            now,
+        ),
+    )
+    if created:
+        return True, None
+    record = get_workflow(db, workflow_id)
+    if record is None:  # pragma: no cover - the insert saw a conflicting row
+        raise RuntimeError(f"workflow {workflow_id!r} vanished while starting")
+    if record.name != start["name"] or record.inputs != start["inputs"]:
+        raise WorkflowConflictError(
+            f"workflow ID {workflow_id!r} already names a run of {record.name!r} with inputs "
+            f"{record.inputs}; it cannot be reused for {start['name']!r} with inputs "
+            f"{start['inputs']}"
+        )
+    return False, (record if record.finished else None)
+
+
+def end_workflow(
+    db: Database,
+    workflow_id: str,
+    *,
+    output: str | None = None,
+    error: str | None = None,
+    start: Mapping[str, Any] | None = None,
+) -> WorkflowRecord:
+    """Finish a workflow with an output (``SUCCESS``) or an error (``ERROR``).
+
+    Deletes its recorded outputs. If the workflow already finished (a concurrent run of
+    the same ID got there first), nothing changes and the existing record is returned:
+    every caller of one workflow ID sees the same answer. For an error, ``start`` lets
+    the status row be created when the unit that would have created it rolled back.
+    """
+    status = ERROR if error is not None else SUCCESS
+    now = time.time()
+    changed = db.execute(END_WORKFLOW, (status, output, error, now, workflow_id))
+    if not changed and error is not None and start is not None:
+        changed = db.execute(
+            INSERT_FAILED_WORKFLOW,
+            (
+                workflow_id,
+                start["name"],
+                start["inputs"],
+                error,
+                start.get("owner"),
+                start.get("version"),
+                now,
+                now,
+            ),
+        )
+    if changed:
+        db.execute(CLEAR_OUTPUTS, (workflow_id,))
+        return WorkflowRecord(
+            workflow_id,
+            start["name"] if start else "",
+            start["inputs"] if start else "",
+            status,
+            output,
+            error,
+            None,
+            None,
+        )
+    record = get_workflow(db, workflow_id)
+    if record is None:
+        raise RuntimeError(f"workflow {workflow_id!r} has no status row to finish")
+    return record
+
+
+def lookup_output(
+    db: Database, workflow_id: str, invocation_id: str
+) -> tuple[WorkflowRecord | None, str | None]:
+    """Find a recorded output; returns ``(finished_record, output_json)``.
+
+    ``finished_record`` is set when the workflow already ended (the unit must not run).
+    """
+    rows = db.query(LOOKUP_OUTPUT, (invocation_id, workflow_id))
+    if not rows:
+        raise RuntimeError(
+            f"workflow {workflow_id!r} has no status row; a recorded unit cannot run without it"
+        )
+    status, output = rows[0]
+    if status != PENDING:
+        return get_workflow(db, workflow_id), None
+    return None, output
+
+
+def record_output(db: Database, workflow_id: str, invocation_id: str, output: str) -> None:
+    """Record a unit's or step's output under its invocation ID."""
+    db.execute(RECORD_OUTPUT, (invocation_id, workflow_id, output))
+
+
+def record_once(
+    db: Database, workflow_id: str, invocation_id: str, output: str
+) -> tuple[WorkflowRecord | None, str | None]:
+    """Record a step's output unless one is recorded already; returns the one that counts.
+
+    Returns ``(finished_record, output_json)`` like :func:`lookup_output`: a concurrent
+    run of the same workflow may have recorded first, and then its output wins.
+    """
+    finished, existing = lookup_output(db, workflow_id, invocation_id)
+    if finished is not None:
+        return finished, None
+    if existing is not None:
+        return None, existing
+    record_output(db, workflow_id, invocation_id, output)
+    return None, output
+
+
+def list_pending(db: Database) -> list[str]:
+    """IDs of workflows still ``PENDING``, oldest first."""
+    return [row[0] for row in db.query(LIST_PENDING, ())]
+
+
+def new_client_id(db: Database) -> int:
+    """Issue a new client ID (the prefix of generated workflow IDs)."""
+    return int(db.query(NEW_CLIENT, (time.time(),))[0][0])
+
+
+# --------------------------------------------------------------------------------------
+# Running a unit
+# --------------------------------------------------------------------------------------
+
+
+def _application_error(exc: BaseException, function: str, workflow_id: str | None) -> FunctionError:
+    return FunctionError(type(exc).__name__, str(exc), function=function, workflow_id=workflow_id)
+
+
+def run_unit(
+    db: Database,
+    unit: UnitSpec,
+    functions: Mapping[str, Callable[..., Any]],
+    request: UnitRequest,
+) -> UnitOutcome:
+    """Run one transaction unit inside the caller's open transaction.
+
+    Order: create or check the workflow's status row (``starts``); look up the recorded
+    output by invocation ID (``recorded``) and return it without running if found; run the
+    members in order, passing outputs; record the outputs; finish the workflow
+    (``finishes``). The caller commits on return and rolls back on any exception:
+
+    * :class:`FunctionError` - application code raised (or returned a non-JSON value);
+    * :class:`TransactionConflict` - a serialization conflict; retry the whole unit;
+    * :class:`WorkflowConflictError` - the workflow ID names another run.
+    """
+    workflow_id = request.workflow_id
+    invocation_id = request.call_id if workflow_id is None else f"{workflow_id}/{unit.id}"
+    fresh = False
+    if unit.starts and workflow_id is not None:
+        assert request.start is not None, "a starting unit needs the status row to create"
+        fresh, finished = begin_workflow(db, workflow_id, request.start)
+        if finished is not None:
+            return UnitOutcome(None, finished)
+    if unit.recorded and not fresh and workflow_id is not None:
+        finished, recorded = lookup_output(db, workflow_id, invocation_id or "")
+        if finished is not None:
+            return UnitOutcome(None, finished)
+        if recorded is not None:
+            return UnitOutcome(_codec.loads(recorded))
+
+    params = request.params
+    # Members of a group read each other's outputs, so they join the known values.
+    several = len(unit.members) > 1
+    known: Mapping[str, Any] = dict(request.inputs) if several else request.inputs
+    result: dict[str, Any] = {}
+    for member in unit.members:
+        args = {name: resolve(tpl, params, known) for name, tpl in member.args.items()}
+        member_id = request.call_id if workflow_id is None else f"{workflow_id}/{member.node}"
+        ctx = TxContext(db, workflow_id, member_id, member.statements, member.function)
+        try:
+            value = functions[member.function](ctx, **args)
+        except (TransactionConflict, DatabaseUnavailableError):
+            raise  # not the application's fault: retry the unit, or report an outage
+        except Exception as exc:
+            if ctx.poisoned:
+                # The application swallowed a conflict signal and raised something else;
+                # the transaction is doomed either way, so retry it.
+                raise TransactionConflict(str(exc)) from exc
+            raise _application_error(exc, member.function, workflow_id) from exc
+        if ctx.poisoned:
+            raise TransactionConflict(f"{member.function} swallowed a serialization conflict")
+        try:
+            value = _codec.normalize(value)
+        except TypeError as exc:
+            raise FunctionError(
+                "TypeError",
+                f"returned a value that is not JSON: {exc}",
+                function=member.function,
+                workflow_id=workflow_id,
+            ) from exc
+        result[member.node] = value
+        if several:
+            known[member.node] = value  # type: ignore[index]
+
+    if workflow_id is not None:
+        if unit.recorded:
+            record_output(db, workflow_id, invocation_id or "", _codec.dumps(result))
+        if unit.finishes:
+            final = resolve(unit.output or ("c", None), params, {**request.inputs, **result})
+            record = end_workflow(db, workflow_id, output=_codec.dumps(final), start=request.start)
+            return UnitOutcome(result, record)
+    return UnitOutcome(result)
+
+
+# --------------------------------------------------------------------------------------
+# Retrying conflicts
+# --------------------------------------------------------------------------------------
+
+MAX_ATTEMPTS = 50
+
+
+def backoff_delay(attempt: int, *, base: float = 0.001, cap: float = 0.1) -> float:
+    """Seconds to wait before retry ``attempt`` (1-based): jittered exponential backoff.
+
+    Full jitter spreads the retries of transactions that conflicted with each other, so
+    they do not collide again in lock step.
+    """
+    return random.uniform(0, min(cap, base * (2 ** min(attempt, 16))))

@@ -1,0 +1,281 @@
+"""``Runtime``: an app bound to a database, running workflows and functions."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from apiary import _codec, _execution
+from apiary._app import App, FunctionDef, WorkflowDef
+from apiary._engines import DeclaredStatement, Engine, open_engine
+from apiary._errors import ApiaryError, FunctionError, InvalidArgumentsError, NotFoundError
+from apiary._execution import UnitRequest, UnitSpec
+from apiary._plan import RECORD_MODES, RecordMode, WorkflowPlan, call_unit, compile_plan
+from apiary._scheduler import WorkflowRun
+
+#: Longest accepted workflow ID, in characters.
+MAX_WORKFLOW_ID = 256
+
+
+@dataclass(frozen=True)
+class WorkflowStatus:
+    """A workflow's status row: ``PENDING``, ``SUCCESS`` or ``ERROR``.
+
+    ``output`` is set on success; ``error`` (``{"type", "message", "function"}``) on error.
+    """
+
+    workflow_id: str
+    name: str
+    status: str
+    output: Any
+    error: dict[str, Any] | None
+
+
+class Runtime:
+    """An :class:`App` bound to a database: install it, run its workflows and functions.
+
+    Args:
+        app: the application.
+        url: ``sqlite:///path.db`` (embedded; relative path) or ``sqlite:////abs/path.db``.
+        record: ``"sfr"`` (default) records the outputs selective function recording
+            selects; ``"all"`` records every unit (for comparison); ``"none"`` records
+            nothing and gives up exactly-once (benchmarks only).
+        max_workers: threads for independent branches and async calls.
+        owner: the name this runtime writes into the status rows of workflows it starts.
+
+    A runtime is safe to use from many threads at once. Close it (or use ``with``).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        url: str = "sqlite:///apiary.db",
+        *,
+        record: RecordMode = "sfr",
+        max_workers: int = 8,
+        owner: str | None = None,
+    ) -> None:
+        if not isinstance(app, App):
+            raise TypeError(f"Runtime needs an apiary.App, not {type(app).__name__}")
+        if record not in RECORD_MODES:
+            raise ValueError(f"record must be one of {RECORD_MODES}, not {record!r}")
+        self.app = app
+        self.url = url
+        self.record: RecordMode = record
+        # Compiling every plan now finds each function's statements, so a misdeclared
+        # app fails here, before any database work.
+        self._plans: dict[str, WorkflowPlan] = {
+            name: compile_plan(app, wf, record) for name, wf in app.workflows.items()
+        }
+        self._call_units: dict[str, UnitSpec] = {
+            name: call_unit(defn) for name, defn in app.functions.items()
+        }
+        self.version = app.version()
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix="apiary"
+        )
+        try:
+            self._engine: Engine = open_engine(url, self._pool)
+        except BaseException:
+            self._pool.shutdown(wait=False)
+            raise
+        self._engine.bind(app.callables())
+        self._client_id: int | None = None
+        self._counter = itertools.count(1)
+        self._id_lock = threading.Lock()
+
+    # -- setup -----------------------------------------------------------------------
+
+    def install(self) -> None:
+        """Create the system tables and the app's schema; check every statement compiles.
+
+        Safe to run again: it creates only what is missing.
+        """
+        declared = [
+            DeclaredStatement(name, stmt)
+            for name, defn in self.app.functions.items()
+            for stmt in defn.statements
+        ]
+        self._engine.install(self.app.info(), declared)
+
+    # -- workflows -------------------------------------------------------------------
+
+    def _prepare(
+        self, name: str, workflow_id: str | None, args: Mapping[str, Any]
+    ) -> WorkflowRun:
+        workflow = self.app.workflows.get(name)
+        if workflow is None:
+            known = ", ".join(sorted(self.app.workflows)) or "none"
+            raise NotFoundError(f"app {self.app.name!r} has no workflow {name!r} (known: {known})")
+        params = _bind(workflow, args)
+        plan = self._plans[name]
+        if workflow_id is None:
+            workflow_id = self._next_id()
+        elif not isinstance(workflow_id, str) or not workflow_id or "\x00" in workflow_id:
+            raise InvalidArgumentsError(
+                f"workflow_id must be a non-empty str without NUL, not {workflow_id!r}"
+            )
+        elif len(workflow_id) > MAX_WORKFLOW_ID:
+            raise InvalidArgumentsError(
+                f"workflow_id is {len(workflow_id)} characters; the limit is {MAX_WORKFLOW_ID}"
+            )
+        start = None
+        if plan.status_row:
+            start = {
+                "name": name,
+                "inputs": _codec.canonical_dumps(params),
+                "owner": self.owner,
+                "version": self.version,
+            }
+        return WorkflowRun(
+            plan, self._engine, self._engine.functions, workflow_id, params, start, self._pool
+        )
+
+    def run(self, name: str, /, *, workflow_id: str | None = None, **args: Any) -> Any:
+        """Run a workflow to completion and return its output.
+
+        ``workflow_id`` names the run: running an ID that already finished returns the
+        same output (or raises the same :class:`FunctionError`) without executing
+        anything; an ID that is still ``PENDING`` is resumed. Without an ID, one is made.
+
+        Raises:
+            NotFoundError: no workflow ``name``.
+            InvalidArgumentsError: arguments do not match its parameters or are not JSON.
+            WorkflowConflictError: ``workflow_id`` names a run with other arguments.
+            FunctionError: a function or step raised; the workflow ended ``ERROR``.
+        """
+        return self._prepare(name, workflow_id, args).run()
+
+    async def run_async(
+        self, name: str, /, *, workflow_id: str | None = None, **args: Any
+    ) -> Any:
+        """:meth:`run` for an event loop."""
+        return await self._prepare(name, workflow_id, args).run_async()
+
+    def call(self, name: str, /, **args: Any) -> Any:
+        """Run one function as its own transaction, outside any workflow, and return its output.
+
+        A direct call is not recorded: calling again runs it again.
+        """
+        unit, request = self._call_request(name, args)
+        outcome = self._engine.run_unit(unit, request)
+        return (outcome.outputs or {})[name]
+
+    async def call_async(self, name: str, /, **args: Any) -> Any:
+        """:meth:`call` for an event loop."""
+        unit, request = self._call_request(name, args)
+        outcome = await self._engine.run_unit_async(unit, request)
+        return (outcome.outputs or {})[name]
+
+    def _call_request(self, name: str, args: Mapping[str, Any]) -> tuple[UnitSpec, UnitRequest]:
+        defn = self.app.functions.get(name)
+        if defn is None:
+            known = ", ".join(sorted(self.app.functions)) or "none"
+            raise NotFoundError(f"app {self.app.name!r} has no function {name!r} (known: {known})")
+        params = _bind(defn, args)
+        call_id = f"{self._next_id()}/{name}"
+        return self._call_units[name], UnitRequest(None, params, call_id=call_id)
+
+    def status(self, workflow_id: str) -> WorkflowStatus:
+        """The status row of a workflow run. Raises :class:`NotFoundError` if there is none.
+
+        Read-only workflows write no status row (nothing needs recording).
+        """
+        record = self._engine.system(_execution.get_workflow, workflow_id, write=False)
+        if record is None:
+            raise NotFoundError(f"no workflow with ID {workflow_id!r}")
+        output = _codec.loads(record.output) if record.output is not None else None
+        error = _codec.loads(record.error) if record.error is not None else None
+        return WorkflowStatus(record.workflow_id, record.name, record.status, output, error)
+
+    def recover(self) -> list[str]:
+        """Finish every ``PENDING`` workflow (left by a runtime that died); return their IDs.
+
+        Each is replayed from the start under its ID: recorded units return their
+        outputs, the rest run, so every function takes effect exactly once. Workflows
+        ending in an application error count as finished.
+        """
+        finished: list[str] = []
+        failures: list[tuple[str, BaseException]] = []
+        for workflow_id in self._engine.system(_execution.list_pending, write=False):
+            record = self._engine.system(_execution.get_workflow, workflow_id, write=False)
+            if record is None or record.finished:
+                continue  # finished meanwhile by another runtime
+            if record.name not in self.app.workflows:
+                failures.append(
+                    (workflow_id, NotFoundError(f"workflow {record.name!r} is not in this app"))
+                )
+                continue
+            try:
+                self.run(record.name, workflow_id=workflow_id, **_codec.loads(record.inputs))
+            except ApiaryError as exc:
+                if not isinstance(exc, FunctionError):
+                    failures.append((workflow_id, exc))
+                    continue
+            finished.append(workflow_id)
+        if failures:
+            workflow_id, exc = failures[0]
+            raise type(exc)(
+                f"recovered {len(finished)} workflows; {len(failures)} could not finish, "
+                f"first {workflow_id!r}: {exc}"
+            ) from exc
+        return finished
+
+    # -- identity --------------------------------------------------------------------
+
+    def _next_id(self) -> str:
+        if self._client_id is None:
+            with self._id_lock:
+                if self._client_id is None:
+                    self._client_id = self._engine.system(_execution.new_client_id, write=True)
+        return f"{self._client_id}-{next(self._counter)}"
+
+    def explain(self, name: str) -> dict[str, Any]:
+        """The DAG of a workflow under this runtime's record mode (see ``apiary explain``)."""
+        from apiary._plan import explain
+
+        if name not in self._plans:
+            raise NotFoundError(f"app {self.app.name!r} has no workflow {name!r}")
+        return explain(self._plans[name])
+
+    # -- lifetime --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the database connections and worker threads."""
+        self._pool.shutdown(wait=True)
+        self._engine.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<apiary Runtime {self.app.name} on {self.url}>"
+
+
+def _bind(defn: WorkflowDef | FunctionDef, args: Mapping[str, Any]) -> dict[str, Any]:
+    """Check arguments against a signature and the JSON rules; return them by name."""
+    kind = "workflow" if isinstance(defn, WorkflowDef) else "function"
+    signature = defn.signature if isinstance(defn, WorkflowDef) else defn.call_signature
+    try:
+        bound = signature.bind(**args)
+    except TypeError as exc:
+        raise InvalidArgumentsError(f"{kind} {defn.name!r}: {exc}") from None
+    bound.apply_defaults()
+    params: dict[str, Any] = {}
+    for key, value in bound.arguments.items():
+        try:
+            params[key] = _codec.normalize(value)
+        except TypeError as exc:
+            raise InvalidArgumentsError(f"{kind} {defn.name!r}: argument {key!r}: {exc}") from None
+    return params
