@@ -20,7 +20,7 @@ from apiary._errors import (
     TransactionConflictError,
     WorkflowConflictError,
 )
-from apiary._execution import StepContext, Statement, TxContext
+from apiary._execution import Statement, StepContext, TxContext
 from apiary._graph import transaction
 from apiary._runtime import Runtime, WorkflowStatus
 from apiary._sql import sql

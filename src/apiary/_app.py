@@ -194,10 +194,10 @@ class App:
             )
 
     @overload
-    def function(self, fn: F, /) -> F: ...
+    def function(self, fn: F, /, *, partition: str | None = None) -> F: ...
 
     @overload
-    def function(self, *, partition: str | None = None) -> Callable[[F], F]: ...
+    def function(self, fn: None = None, /, *, partition: str | None = None) -> Callable[[F], F]: ...
 
     def function(
         self, fn: Callable[..., Any] | None = None, /, *, partition: str | None = None
@@ -248,7 +248,12 @@ class App:
     def modules(self) -> tuple[str, ...]:
         """The modules that define the app's functions, steps and workflows."""
         names: list[str] = []
-        for defn in [*self.functions.values(), *self.steps.values(), *self.workflows.values()]:
+        defs: list[CallableDef | WorkflowDef] = [
+            *self.functions.values(),
+            *self.steps.values(),
+            *self.workflows.values(),
+        ]
+        for defn in defs:
             module = getattr(defn.fn, "__module__", None)
             if module and module not in names:
                 names.append(module)

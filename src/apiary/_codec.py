@@ -29,7 +29,9 @@ import base64
 import datetime
 import decimal
 import json
+import math
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 _SCALARS = (str, int, float, bool, type(None))
@@ -46,7 +48,7 @@ def _tag(value: Any) -> Any:
     """Turn a value into plain JSON data, tagging the extra types."""
     kind = type(value)
     if kind in _SCALARS:
-        if kind is float and (value != value or value in (float("inf"), float("-inf"))):
+        if kind is float and not math.isfinite(value):
             raise TypeError(f"{value!r} is not a JSON value")
         return value
     if kind is list or kind is tuple:
@@ -81,7 +83,7 @@ def _tag(value: Any) -> Any:
     raise TypeError(f"a {kind.__name__} is not a JSON value")
 
 
-_UNTAG = {
+_UNTAG: dict[str, Callable[[Any], Any]] = {
     "$decimal": decimal.Decimal,
     "$datetime": datetime.datetime.fromisoformat,
     "$date": datetime.date.fromisoformat,

@@ -56,9 +56,7 @@ class _Finder:
             self.found.setdefault(value.text, value)
         elif isinstance(value, types.FunctionType):
             self.add_function(value)
-        elif isinstance(value, staticmethod | classmethod):
-            self.add_value(value.__func__, names, depth)
-        elif isinstance(value, types.MethodType):
+        elif isinstance(value, staticmethod | classmethod | types.MethodType):
             self.add_value(value.__func__, names, depth)
         elif isinstance(value, types.ModuleType | type) and depth == 0:
             namespace = vars(value)

@@ -76,7 +76,7 @@ class Database(Protocol):
         ...
 
 
-class TransactionConflict(BaseException):  # noqa: N818 - a signal, not an error
+class TransactionConflict(BaseException):
     """Signal: the transaction lost a serialization conflict and must be retried whole.
 
     Adapters raise it. It derives from ``BaseException`` so that application code with

@@ -239,6 +239,9 @@ class Future(_Placeholder):
     """
 
     __slots__ = ("_function", "_node", "_tracer")
+    _tracer: _Tracer
+    _node: str
+    _function: str
 
     def __init__(self, tracer: _Tracer, node: str, function: str) -> None:
         object.__setattr__(self, "_tracer", tracer)
@@ -259,6 +262,8 @@ class Param(_Placeholder):
     """A workflow parameter while the body is traced."""
 
     __slots__ = ("_name", "_tracer")
+    _tracer: _Tracer
+    _name: str
 
     def __init__(self, tracer: _Tracer, name: str) -> None:
         object.__setattr__(self, "_tracer", tracer)

@@ -108,9 +108,7 @@ class Runtime:
 
     # -- workflows -------------------------------------------------------------------
 
-    def _prepare(
-        self, name: str, workflow_id: str | None, args: Mapping[str, Any]
-    ) -> WorkflowRun:
+    def _prepare(self, name: str, workflow_id: str | None, args: Mapping[str, Any]) -> WorkflowRun:
         workflow = self.app.workflows.get(name)
         if workflow is None:
             known = ", ".join(sorted(self.app.workflows)) or "none"
@@ -154,9 +152,7 @@ class Runtime:
         """
         return self._prepare(name, workflow_id, args).run()
 
-    async def run_async(
-        self, name: str, /, *, workflow_id: str | None = None, **args: Any
-    ) -> Any:
+    async def run_async(self, name: str, /, *, workflow_id: str | None = None, **args: Any) -> Any:
         """:meth:`run` for an event loop."""
         return await self._prepare(name, workflow_id, args).run_async()
 
@@ -222,11 +218,11 @@ class Runtime:
                     continue
             finished.append(workflow_id)
         if failures:
-            workflow_id, exc = failures[0]
-            raise type(exc)(
+            first_id, first = failures[0]
+            raise type(first)(
                 f"recovered {len(finished)} workflows; {len(failures)} could not finish, "
-                f"first {workflow_id!r}: {exc}"
-            ) from exc
+                f"first {first_id!r}: {first}"
+            ) from first
         return finished
 
     # -- identity --------------------------------------------------------------------

@@ -9,11 +9,11 @@ several statements, or changes the schema is refused with a :class:`Registration
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import sqlglot
-from sqlglot import exp
+from sqlglot import TokenType, exp
 from sqlglot.errors import ParseError, TokenError
-from sqlglot.tokens import TokenType
 
 from apiary._errors import RegistrationError
 from apiary._execution import Statement
@@ -47,7 +47,7 @@ class StatementInfo:
         return "write" if self.writes else "read"
 
 
-def _parse(text: str) -> exp.Expression:
+def _parse(text: str) -> Any:
     errors: list[str] = []
     # Portable SQL: the generic dialect first, then the two engines' own.
     for dialect in (None, "sqlite", "postgres"):

@@ -55,9 +55,7 @@ class Engine(ABC):
     def run_unit(self, unit: UnitSpec, request: UnitRequest) -> UnitOutcome:
         """Run a transaction unit as one transaction."""
         functions = self.functions
-        return self.transact(
-            lambda db: run_unit(db, unit, functions, request), write=unit.writes
-        )
+        return self.transact(lambda db: run_unit(db, unit, functions, request), write=unit.writes)
 
     def system(self, op: Callable[..., T], *args: Any, write: bool, **kwargs: Any) -> T:
         """Run a bookkeeping function of the execution core in one transaction."""
@@ -68,9 +66,7 @@ class Engine(ABC):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self.run_unit, unit, request)
 
-    async def system_async(
-        self, op: Callable[..., T], *args: Any, write: bool, **kwargs: Any
-    ) -> T:
+    async def system_async(self, op: Callable[..., T], *args: Any, write: bool, **kwargs: Any) -> T:
         """:meth:`system` for an event loop (on the executor unless overridden)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(

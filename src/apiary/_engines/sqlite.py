@@ -213,7 +213,9 @@ class SQLiteEngine(Engine):
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
-            raise DatabaseUnavailableError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+            raise DatabaseUnavailableError(
+                f"cannot open SQLite database {self.path!r}: {exc}"
+            ) from exc
         with self._connections_lock:
             self._connections.append(conn)
         return conn
