@@ -93,18 +93,27 @@ _UNTAG: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _object_hook(obj: dict[str, Any]) -> Any:
-    if len(obj) == 1:
-        key, value = next(iter(obj.items()))
+def _untag(value: Any) -> Any:
+    """Restore tagged values, outside in (a ``$dict`` escape shields what it holds)."""
+    kind = type(value)
+    if kind is list:
+        return [_untag(item) for item in value]
+    if kind is not dict:
+        return value
+    if len(value) == 1:
+        key, inner = next(iter(value.items()))
         if key == "$dict":
-            return value
+            return {k: _untag(v) for k, v in inner.items()}
         untag = _UNTAG.get(key)
         if untag is not None:
-            return untag(value)
-    return obj
+            try:
+                return untag(inner)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"malformed {key} value {inner!r}") from exc
+    return {k: _untag(v) for k, v in value.items()}
 
 
-_decoder = json.JSONDecoder(object_hook=_object_hook)
+_decoder = json.JSONDecoder()
 
 
 def dumps(value: Any) -> str:
@@ -121,7 +130,8 @@ def canonical_dumps(value: Any) -> str:
 
 def loads(text: str) -> Any:
     """Decode text made by :func:`dumps`, restoring the tagged types."""
-    return _decoder.decode(text)
+    value = _decoder.decode(text)
+    return _untag(value) if '"$' in text else value
 
 
 def normalize(value: Any) -> Any:

@@ -96,9 +96,22 @@ class TxContext:
     ``query``/``query_one``/``execute`` accept only the :class:`Statement` objects the
     function declared (referenced from its code); anything else is refused, because the
     registrar classified the function read-only or writing from exactly those.
+
+    A statement that fails fails the whole function, even if its code catches the error:
+    PostgreSQL aborts the transaction at the first failed statement, PL/Python rolls back
+    just that statement, SQLite keeps the transaction going; failing the function in every
+    case makes all engines behave alike and never commits a transaction missing a write.
     """
 
-    __slots__ = ("_allowed", "_db", "_function", "invocation_id", "poisoned", "workflow_id")
+    __slots__ = (
+        "_allowed",
+        "_db",
+        "_function",
+        "failed",
+        "invocation_id",
+        "poisoned",
+        "workflow_id",
+    )
 
     def __init__(
         self,
@@ -113,7 +126,10 @@ class TxContext:
         self._function = function
         self.workflow_id = workflow_id
         self.invocation_id = invocation_id
+        #: A serialization conflict happened: the unit must be retried.
         self.poisoned = False
+        #: The first statement error, which fails the function even if it was caught.
+        self.failed: BaseException | None = None
 
     def _check(self, stmt: Any) -> Statement:
         if type(stmt) is not Statement:
@@ -141,6 +157,10 @@ class TxContext:
         except TransactionConflict:
             self.poisoned = True
             raise
+        except Exception as exc:
+            if self.failed is None:
+                self.failed = exc
+            raise
 
     def query_one(self, stmt: Statement, *params: Any) -> tuple[Any, ...] | None:
         """Run a declared statement and return its first row, or ``None``."""
@@ -154,6 +174,10 @@ class TxContext:
             return self._db.execute(stmt, params)
         except TransactionConflict:
             self.poisoned = True
+            raise
+        except Exception as exc:
+            if self.failed is None:
+                self.failed = exc
             raise
 
     def __repr__(self) -> str:
@@ -382,6 +406,45 @@ class WorkflowRecord:
 
     def __repr__(self) -> str:
         return f"WorkflowRecord({self.workflow_id!r}, {self.name!r}, {self.status})"
+
+
+def encode_record(record: WorkflowRecord | None) -> list[Any] | None:
+    """A status row as JSON data (to cross the database boundary)."""
+    if record is None:
+        return None
+    return [
+        record.workflow_id,
+        record.name,
+        record.inputs,
+        record.status,
+        record.output,
+        record.error,
+        record.owner,
+        record.version,
+    ]
+
+
+def decode_record(data: Sequence[Any] | None) -> WorkflowRecord | None:
+    """The inverse of :func:`encode_record`."""
+    return None if data is None else WorkflowRecord(*data)
+
+
+def encode_result(value: Any) -> Any:
+    """The result of a bookkeeping function as JSON data (records and tuples included)."""
+    if isinstance(value, WorkflowRecord):
+        return {"$record": encode_record(value)}
+    if isinstance(value, tuple | list):
+        return [encode_result(item) for item in value]
+    return value
+
+
+def decode_result(value: Any) -> Any:
+    """The inverse of :func:`encode_result` (sequences come back as tuples)."""
+    if isinstance(value, dict) and len(value) == 1 and "$record" in value:
+        return decode_record(value["$record"])
+    if isinstance(value, list):
+        return tuple(decode_result(item) for item in value)
+    return value
 
 
 class UnitOutcome:
@@ -667,6 +730,11 @@ def run_unit(
             raise _application_error(exc, member.function, workflow_id) from exc
         if ctx.poisoned:
             raise TransactionConflict(f"{member.function} swallowed a serialization conflict")
+        if ctx.failed is not None:
+            # The code caught a failed statement and went on: fail it with that error.
+            if isinstance(ctx.failed, DatabaseUnavailableError):
+                raise ctx.failed
+            raise _application_error(ctx.failed, member.function, workflow_id) from ctx.failed
         try:
             value = _codec.normalize(value)
         except TypeError as exc:

@@ -57,9 +57,14 @@ class _Tracer:
         self.counts: dict[str, int] = {}
         self.group: int | None = None
         self.groups: dict[int, list[str]] = {}
+        self.refusal: RegistrationError | None = None
 
     def fail(self, problem: str) -> NoReturn:
-        raise RegistrationError(f"workflow {self.workflow!r}: {problem}")
+        error = RegistrationError(f"workflow {self.workflow!r}: {problem}")
+        # Remembered, so that a body that catches the refusal is still refused.
+        if self.refusal is None:
+            self.refusal = error
+        raise error
 
     def template(self, value: Any, where: str) -> list[Any]:
         if isinstance(value, Future):
@@ -319,6 +324,8 @@ def trace(name: str, fn: Callable[..., Any], app: object) -> WorkflowGraph:
         ) from exc
     finally:
         _current.reset(token)
+    if tracer.refusal is not None:
+        raise tracer.refusal
     graph = WorkflowGraph(name, params, tracer.nodes, tracer.groups, output)
     _check_groups(graph, tracer)
     return graph

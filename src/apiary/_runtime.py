@@ -87,7 +87,7 @@ class Runtime:
         except BaseException:
             self._pool.shutdown(wait=False)
             raise
-        self._engine.bind(app.callables())
+        self._engine.bind(app.info(), app.callables())
         self._client_id: int | None = None
         self._counter = itertools.count(1)
         self._id_lock = threading.Lock()
@@ -104,7 +104,14 @@ class Runtime:
             for name, defn in self.app.functions.items()
             for stmt in defn.statements
         ]
-        self._engine.install(self.app.info(), declared)
+        # Every unit under every record mode, so runtimes of any mode share one install.
+        units = list(self._call_units.values())
+        for mode in RECORD_MODES:
+            for workflow in self.app.workflows.values():
+                plan = self._plans[workflow.name] if mode == self.record else None
+                plan = plan or compile_plan(self.app, workflow, mode)
+                units += [task.unit for task in plan.tasks if task.unit is not None]
+        self._engine.install(self.app.info(), declared, units)
 
     # -- workflows -------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ class StatementInfo:
         param_count: number of ``?`` placeholders.
         returns_rows: it yields rows (a query, or a write with RETURNING).
         postgres_text: the text with ``$n`` placeholders, for PostgreSQL.
+        psycopg_text: the text with ``%s`` placeholders (and ``%`` doubled), for psycopg.
     """
 
     writes: bool
@@ -40,6 +41,7 @@ class StatementInfo:
     param_count: int
     returns_rows: bool
     postgres_text: str
+    psycopg_text: str
 
     @property
     def kind(self) -> str:
@@ -69,20 +71,28 @@ def _table_name(table: exp.Table) -> str:
     return ".".join(p for p in parts if p).lower()
 
 
-def _postgres_text(text: str) -> tuple[str, int]:
-    """Replace each ``?`` placeholder token with ``$n``, keeping the rest of the text as is."""
+def placeholder_forms(text: str) -> tuple[str, str, int]:
+    """The text for PostgreSQL (``$n``) and for psycopg (``%s``, with ``%`` doubled).
+
+    Only ``?`` tokens are replaced (found by sqlglot's tokenizer, so a ``?`` inside a
+    string literal or comment stays); the rest of the text is kept as written.
+    Returns ``(postgres_text, psycopg_text, placeholder_count)``.
+    """
     tokens = sqlglot.Tokenizer().tokenize(text)
-    pieces: list[str] = []
+    dollar: list[str] = []
+    percent: list[str] = []
     position = 0
     count = 0
     for token in tokens:
         if token.token_type == TokenType.PLACEHOLDER and token.text == "?":
             count += 1
-            pieces.append(text[position : token.start])
-            pieces.append(f"${count}")
+            between = text[position : token.start]
+            dollar += [between, f"${count}"]
+            percent += [between.replace("%", "%%"), "%s"]
             position = token.end + 1
-    pieces.append(text[position:])
-    return "".join(pieces), count
+    dollar.append(text[position:])
+    percent.append(text[position:].replace("%", "%%"))
+    return "".join(dollar), "".join(percent), count
 
 
 def analyze(text: str) -> StatementInfo:
@@ -102,7 +112,7 @@ def analyze(text: str) -> StatementInfo:
         if isinstance(target, exp.Table):
             written.add(_table_name(target))
     tables = {_table_name(t) for t in tree.find_all(exp.Table)} - cte_names
-    postgres_text, count = _postgres_text(text)
+    postgres_text, psycopg_text, count = placeholder_forms(text)
     placeholders = len(list(tree.find_all(exp.Placeholder, exp.Parameter)))
     # The generic dialect reads PostgreSQL's $1 as a column name.
     placeholders += sum(
@@ -123,6 +133,7 @@ def analyze(text: str) -> StatementInfo:
         param_count=count,
         returns_rows=returns_rows,
         postgres_text=postgres_text,
+        psycopg_text=psycopg_text,
     )
 
 

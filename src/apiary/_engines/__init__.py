@@ -18,7 +18,11 @@ def open_engine(url: str, executor: concurrent.futures.Executor) -> Engine:
         from apiary._engines.sqlite import SQLiteEngine
 
         return SQLiteEngine.from_url(url, executor)
+    if scheme in ("postgresql", "postgres"):
+        from apiary._engines.postgres import PostgresEngine
+
+        return PostgresEngine.from_url(url, executor)
     raise ValueError(
         f"unsupported database URL {url!r}: expected sqlite:///path/to/file.db "
-        "(the embedded default)"
+        "(the embedded default) or postgresql://user:password@host:port/database"
     )

@@ -40,13 +40,22 @@ class Engine(ABC):
         self.executor = executor
         self.functions: Mapping[str, Callable[..., Any]] = {}
 
-    def bind(self, functions: Mapping[str, Callable[..., Any]]) -> None:
-        """Set the application's functions (name to Python function) that units call."""
+    def bind(self, app: AppInfo, functions: Mapping[str, Callable[..., Any]]) -> None:
+        """Set the app and its functions (name to Python function) that units call."""
         self.functions = functions
 
     @abstractmethod
-    def install(self, app: AppInfo, statements: Sequence[DeclaredStatement]) -> None:
-        """Create system tables and the app's schema; check every statement compiles."""
+    def install(
+        self,
+        app: AppInfo,
+        statements: Sequence[DeclaredStatement],
+        units: Sequence[UnitSpec] = (),
+    ) -> None:
+        """Create system tables and the app's schema; check every statement compiles.
+
+        ``units`` are every transaction unit the app can run (engines that compile
+        units ahead of time, like PostgreSQL's stored procedures, need them).
+        """
 
     @abstractmethod
     def transact(self, work: Callable[[Database], T], *, write: bool) -> T:

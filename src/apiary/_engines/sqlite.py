@@ -39,6 +39,7 @@ from apiary._execution import (
     Database,
     Statement,
     TransactionConflict,
+    UnitSpec,
     backoff_delay,
 )
 
@@ -283,7 +284,12 @@ class SQLiteEngine(Engine):
 
     # -- install ---------------------------------------------------------------------
 
-    def install(self, app: AppInfo, statements: Sequence[DeclaredStatement]) -> None:
+    def install(
+        self,
+        app: AppInfo,
+        statements: Sequence[DeclaredStatement],
+        units: Sequence[UnitSpec] = (),
+    ) -> None:
         """Create system tables and the app schema; check every statement compiles."""
         conn = self._connect()
         try:

@@ -1,0 +1,463 @@
+"""The PostgreSQL engine: ``postgresql://user:password@host:port/db[?placement=db|client]``.
+
+``placement=db`` (the default) runs each transaction unit inside the database: the
+registrar compiled it into its own PL/Python stored procedure (see
+:mod:`apiary._engines.plpython`), and one ``SELECT`` runs it, so a function with ten
+queries costs one round trip. ``placement=client`` runs the same execution core in this
+process over a connection, one round trip per query: the conventional architecture, for
+comparison and for functions that need libraries the server's Python lacks.
+
+Every transaction runs under ``SERIALIZABLE``. Serialization failures and deadlocks
+(SQLSTATE 40001, 40P01) are retried outside the transaction with jittered backoff.
+
+URL options (removed before connecting; others go to libpq):
+``placement`` (``db`` | ``client``), ``pool_min`` (1), ``pool_max`` (16), ``pool_timeout``
+(seconds to wait for a connection, 10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+import psycopg.errors
+from psycopg.types.string import TextLoader
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+
+from apiary import _codec
+from apiary._app import AppInfo
+from apiary._engines._base import DeclaredStatement, Engine
+from apiary._errors import (
+    ApiaryError,
+    DatabaseUnavailableError,
+    FunctionError,
+    NotInstalledError,
+    TransactionConflictError,
+    WorkflowConflictError,
+)
+from apiary._execution import (
+    MAX_ATTEMPTS,
+    Database,
+    Statement,
+    TransactionConflict,
+    UnitOutcome,
+    UnitRequest,
+    UnitSpec,
+    backoff_delay,
+    decode_record,
+    decode_result,
+)
+from apiary._indb import FUNCTION_ERROR_STATE, NOT_INSTALLED_STATE, WORKFLOW_CONFLICT_STATE
+from apiary._sql import info_of, placeholder_forms
+
+T = TypeVar("T")
+
+SYSTEM_SCHEMA = "apiary"
+PLACEMENTS = ("db", "client")
+
+#: Attempts for a unit whose connection broke; only units safe to repeat are retried.
+CONNECTION_ATTEMPTS = 3
+
+# PL/Python hands every type it has no Python mapping for to the function as its text
+# form (dates, timestamps, json, uuid, ...). Client placement reads those types as text
+# too, so that a function returns the same values in both placements.
+TEXT_TYPES = (
+    "date",
+    "time",
+    "timetz",
+    "timestamp",
+    "timestamptz",
+    "interval",
+    "json",
+    "jsonb",
+    "uuid",
+    "inet",
+    "cidr",
+    "macaddr",
+    "int4range",
+    "int8range",
+    "numrange",
+    "daterange",
+    "tsrange",
+    "tstzrange",
+)
+
+_system_texts: dict[str, str] = {}
+
+
+def _psycopg_text(stmt: Statement) -> str:
+    if stmt.system:
+        text = _system_texts.get(stmt.text)
+        if text is None:
+            text = placeholder_forms(stmt.text.replace("{sys}", f"{SYSTEM_SCHEMA}."))[1]
+            _system_texts[stmt.text] = text
+        return text
+    return str(info_of(stmt).psycopg_text)
+
+
+def _conflict(exc: BaseException) -> bool:
+    return isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether an error means the server could not be reached or the connection broke."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, psycopg.OperationalError) or _conflict(exc):
+        return False
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith(("08", "57P"))
+
+
+class PsycopgDatabase:
+    """The execution core's adapter over a psycopg connection (one round trip a query)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def _cursor(self, stmt: Statement, params: Sequence[Any]) -> psycopg.Cursor[Any]:
+        try:
+            return self.conn.execute(_psycopg_text(stmt), params, prepare=True)
+        except psycopg.Error as exc:
+            if _conflict(exc):
+                raise TransactionConflict(str(exc)) from exc
+            if _connection_lost(exc):
+                raise DatabaseUnavailableError(f"PostgreSQL: {exc}") from exc
+            raise
+
+    def query(self, stmt: Statement, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run a statement and return its rows."""
+        cursor = self._cursor(stmt, params)
+        return cursor.fetchall() if cursor.description is not None else []
+
+    def execute(self, stmt: Statement, params: Sequence[Any]) -> int:
+        """Run a statement and return the number of rows it changed."""
+        cursor = self._cursor(stmt, params)
+        return cursor.rowcount
+
+
+def stub_name(app: str, unit: UnitSpec) -> str:
+    """The stored procedure of a unit: readable, unique per compiled unit, <= 63 bytes.
+
+    PostgreSQL truncates identifiers longer than 63 bytes, so the digest of the unit's
+    compiled form goes first and the readable part is cut to fit.
+    """
+    digest = hashlib.sha256(json.dumps([app, unit.to_json()], sort_keys=True).encode()).hexdigest()[
+        :12
+    ]
+    readable = "".join(c if c.isalnum() else "_" for c in f"{app}_{unit.id}")
+    return f"u{digest}_{readable}"[:63]
+
+
+def system_stub_name(app: str) -> str:
+    """The stored procedure that runs workflow bookkeeping for an app."""
+    return f"system_{app}"[:63].replace("-", "_")
+
+
+def _translate_call_error(exc: psycopg.Error) -> Exception:
+    state = exc.sqlstate
+    diag = exc.diag
+    if state == FUNCTION_ERROR_STATE:
+        return FunctionError.from_json(json.loads(diag.message_detail or "{}"))
+    message = (diag.message_primary or str(exc)).removeprefix("plpy.Error: ")
+    if state == WORKFLOW_CONFLICT_STATE:
+        return WorkflowConflictError(message)
+    if state == NOT_INSTALLED_STATE or isinstance(exc, psycopg.errors.UndefinedFunction):
+        return NotInstalledError(
+            f"the app is not installed in this database (or is older than this code): "
+            f"run Runtime.install(): {message}"
+        )
+    if isinstance(exc, psycopg.errors.UndefinedTable) and "apiary." in message:
+        return NotInstalledError(f"Apiary's tables are missing: run Runtime.install(): {message}")
+    return ApiaryError(f"PostgreSQL: {message}")
+
+
+class PostgresEngine(Engine):
+    """PostgreSQL, with units placed in the database (``db``) or in this process."""
+
+    name = "postgres"
+
+    def __init__(
+        self,
+        conninfo: str,
+        executor: concurrent.futures.Executor,
+        *,
+        placement: str = "db",
+        pool_min: int = 1,
+        pool_max: int = 16,
+        pool_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(executor)
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, not {placement!r}")
+        self.conninfo = conninfo
+        self.placement = placement
+        self.pool_min = pool_min
+        self.pool_max = pool_max
+        self.pool_timeout = pool_timeout
+        self.app: AppInfo | None = None
+        self._pool: ConnectionPool[Any] | None = None
+        self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Any]] = {}
+        self._stubs: dict[int, tuple[UnitSpec, str]] = {}
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, executor: concurrent.futures.Executor) -> PostgresEngine:
+        """Open ``postgresql://...``; see the module docstring for the options."""
+        parts = urlsplit(url)
+        options: dict[str, Any] = {}
+        passthrough = []
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key == "placement":
+                options["placement"] = value
+            elif key in ("pool_min", "pool_max"):
+                if not value.isdigit() or int(value) < 1:
+                    raise ValueError(f"{key} must be a positive integer, not {value!r}")
+                options[key] = int(value)
+            elif key == "pool_timeout":
+                try:
+                    options[key] = float(value)
+                except ValueError:
+                    raise ValueError(f"pool_timeout must be seconds, not {value!r}") from None
+            else:
+                passthrough.append((key, value))
+        conninfo = urlunsplit(parts._replace(query=urlencode(passthrough)))
+        return cls(conninfo, executor, **options)
+
+    def bind(self, app: AppInfo, functions: Mapping[str, Callable[..., Any]]) -> None:
+        """Set the app (its name and version name the stored procedures) and its functions."""
+        super().bind(app, functions)
+        self.app = app
+
+    # -- connections -----------------------------------------------------------------
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute("SET default_transaction_isolation TO 'serializable'")
+        if self.placement == "client":
+            for name in TEXT_TYPES:
+                conn.adapters.register_loader(name, TextLoader)
+        elif self.app is not None:
+            # The first PL/Python call of a backend loads the runtime (tens of ms):
+            # pay it when the pool opens the connection, not in a request.
+            with contextlib.suppress(psycopg.Error):  # not installed yet: calls will say so
+                conn.execute(
+                    f'SELECT {SYSTEM_SCHEMA}."{system_stub_name(self.app.name)}"(%s, %s, %s)',
+                    (self.app.version, "ping", "[[], {}]"),
+                )
+
+    def pool(self) -> ConnectionPool[Any]:
+        """The connection pool, opened on first use."""
+        if self._pool is None:
+            if self._closed:
+                raise RuntimeError("this runtime is closed")
+            self._pool = ConnectionPool(
+                self.conninfo,
+                min_size=self.pool_min,
+                max_size=max(self.pool_max, self.pool_min),
+                kwargs={"autocommit": True, "prepare_threshold": 0},
+                configure=self._configure,
+                timeout=self.pool_timeout,
+                open=False,
+                name="apiary",
+            )
+            self._pool.open(wait=False)
+        return self._pool
+
+    async def async_pool(self) -> AsyncConnectionPool[Any]:
+        """The event loop's connection pool (one per loop), opened on first use."""
+        loop = asyncio.get_running_loop()
+        pool = self._async_pools.get(loop)
+        if pool is None:
+            for old in [old for old in self._async_pools if old.is_closed()]:
+                del self._async_pools[old]
+
+            async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+                await conn.execute("SET default_transaction_isolation TO 'serializable'")
+
+            pool = AsyncConnectionPool(
+                self.conninfo,
+                min_size=self.pool_min,
+                max_size=max(self.pool_max, self.pool_min),
+                kwargs={"autocommit": True, "prepare_threshold": 0},
+                configure=configure,
+                timeout=self.pool_timeout,
+                open=False,
+                name="apiary-async",
+            )
+            await pool.open(wait=False)
+            self._async_pools[loop] = pool
+        return pool
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A new connection outside the pool (for install), in autocommit mode."""
+        try:
+            return psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc
+
+    # -- transactions in this process (placement=client, and bookkeeping there) --------
+
+    def transact(self, work: Callable[[Database], T], *, write: bool) -> T:
+        """Run ``work`` over a pooled connection in one transaction; retry conflicts."""
+        last: BaseException | None = None
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                with self.pool().connection() as conn, conn.transaction():
+                    return work(PsycopgDatabase(conn))
+            except TransactionConflict as exc:
+                last = exc
+            except psycopg.Error as exc:
+                if _conflict(exc):
+                    last = exc
+                elif _connection_lost(exc):
+                    raise DatabaseUnavailableError(f"PostgreSQL: {exc}") from exc
+                else:
+                    raise _translate_call_error(exc) from exc
+            except PoolTimeout as exc:
+                raise DatabaseUnavailableError(f"no PostgreSQL connection: {exc}") from exc
+            time.sleep(backoff_delay(attempt))
+        raise TransactionConflictError(
+            f"a transaction conflicted through {MAX_ATTEMPTS} attempts: {last}"
+        )
+
+    # -- stored procedure calls (placement=db) ---------------------------------------
+
+    def _stub(self, unit: UnitSpec) -> str:
+        found = self._stubs.get(id(unit))
+        if found is None:
+            assert self.app is not None, "bind() the app first"
+            found = (unit, stub_name(self.app.name, unit))
+            self._stubs[id(unit)] = found
+        return found[1]
+
+    def _unit_call(self, unit: UnitSpec, request: UnitRequest) -> tuple[str, tuple[Any, ...]]:
+        assert self.app is not None, "bind() the app first"
+        payload = _codec.dumps(
+            {
+                "w": request.workflow_id,
+                "p": request.params,
+                "i": request.inputs,
+                "s": request.start,
+                "c": request.call_id,
+            }
+        )
+        sql = f'SELECT {SYSTEM_SCHEMA}."{self._stub(unit)}"(%s, %s)'
+        return sql, (self.app.version, payload)
+
+    def _system_call(
+        self, op: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[str, tuple[Any, ...]]:
+        assert self.app is not None, "bind() the app first"
+        sql = f'SELECT {SYSTEM_SCHEMA}."{system_stub_name(self.app.name)}"(%s, %s, %s)'
+        return sql, (self.app.version, op.__name__, _codec.dumps([list(args), kwargs]))
+
+    def _call(self, sql: str, params: tuple[Any, ...], *, repeatable: bool) -> Any:
+        lost = 0
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                with self.pool().connection() as conn:
+                    row = conn.execute(sql, params, prepare=True).fetchone()
+                return _codec.loads(row[0]) if row is not None else None
+            except (psycopg.Error, PoolTimeout) as exc:
+                failure = self._call_failure(exc, repeatable, lost)
+                if failure is not None:
+                    raise failure from exc
+                lost += int(not _conflict(exc))
+            time.sleep(backoff_delay(attempt))
+        raise TransactionConflictError(f"a call conflicted through {MAX_ATTEMPTS} attempts")
+
+    async def _call_async(self, sql: str, params: tuple[Any, ...], *, repeatable: bool) -> Any:
+        lost = 0
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                pool = await self.async_pool()
+                async with pool.connection() as conn:
+                    cursor = await conn.execute(sql, params, prepare=True)
+                    row = await cursor.fetchone()
+                return _codec.loads(row[0]) if row is not None else None
+            except (psycopg.Error, PoolTimeout) as exc:
+                failure = self._call_failure(exc, repeatable, lost)
+                if failure is not None:
+                    raise failure from exc
+                lost += int(not _conflict(exc))
+            await asyncio.sleep(backoff_delay(attempt))
+        raise TransactionConflictError(f"a call conflicted through {MAX_ATTEMPTS} attempts")
+
+    def _call_failure(self, exc: BaseException, repeatable: bool, lost: int) -> Exception | None:
+        """What to raise for a failed call, or ``None`` to retry it."""
+        if _conflict(exc):
+            return None
+        if _connection_lost(exc):
+            # A call whose connection broke may or may not have committed: repeat it only
+            # if that is harmless (a recorded unit finds its output; a read changes nothing).
+            if repeatable and lost + 1 < CONNECTION_ATTEMPTS:
+                return None
+            return DatabaseUnavailableError(f"PostgreSQL: {exc}")
+        assert isinstance(exc, psycopg.Error)
+        return _translate_call_error(exc)
+
+    def run_unit(self, unit: UnitSpec, request: UnitRequest) -> UnitOutcome:
+        """Run a unit: in its stored procedure (``db``) or here over a connection."""
+        if self.placement == "client":
+            return super().run_unit(unit, request)
+        sql, params = self._unit_call(unit, request)
+        data = self._call(sql, params, repeatable=unit.read_only or unit.recorded)
+        return UnitOutcome(data["o"], decode_record(data["f"]))
+
+    async def run_unit_async(self, unit: UnitSpec, request: UnitRequest) -> UnitOutcome:
+        """:meth:`run_unit` on the event loop (client placement uses the executor)."""
+        if self.placement == "client":
+            return await super().run_unit_async(unit, request)
+        sql, params = self._unit_call(unit, request)
+        data = await self._call_async(sql, params, repeatable=unit.read_only or unit.recorded)
+        return UnitOutcome(data["o"], decode_record(data["f"]))
+
+    def system(self, op: Callable[..., T], *args: Any, write: bool, **kwargs: Any) -> T:
+        """Run a bookkeeping function: in the system procedure (``db``) or here."""
+        if self.placement == "client":
+            return super().system(op, *args, write=write, **kwargs)
+        sql, params = self._system_call(op, args, kwargs)
+        return decode_result(self._call(sql, params, repeatable=True))  # type: ignore[no-any-return]
+
+    async def system_async(self, op: Callable[..., T], *args: Any, write: bool, **kwargs: Any) -> T:
+        """:meth:`system` on the event loop."""
+        if self.placement == "client":
+            return await super().system_async(op, *args, write=write, **kwargs)
+        sql, params = self._system_call(op, args, kwargs)
+        result = await self._call_async(sql, params, repeatable=True)
+        return decode_result(result)  # type: ignore[no-any-return]
+
+    # -- install ---------------------------------------------------------------------
+
+    def install(
+        self,
+        app: AppInfo,
+        statements: Sequence[DeclaredStatement],
+        units: Sequence[UnitSpec] = (),
+    ) -> None:
+        """Create system tables and the schema; compile units into stored procedures."""
+        from apiary._engines.plpython import install
+
+        with self.connect() as conn:
+            install(conn, app, statements, units, in_database=self.placement == "db")
+
+    def close(self) -> None:
+        """Close the connection pools."""
+        self._closed = True
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        pools, self._async_pools = self._async_pools, {}
+        for loop, pool in pools.items():
+            if not loop.is_closed() and loop.is_running():
+                asyncio.run_coroutine_threadsafe(pool.close(), loop)
