@@ -158,8 +158,13 @@ conn.executescript("""
 CREATE TABLE apiary_workflows (workflow_id TEXT PRIMARY KEY, name TEXT NOT NULL,
     inputs TEXT NOT NULL, status TEXT NOT NULL, output TEXT, error TEXT, owner TEXT,
     version TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL);
-CREATE TABLE apiary_outputs (invocation_id TEXT PRIMARY KEY, workflow_id TEXT NOT NULL,
-    output TEXT NOT NULL);
+CREATE TABLE apiary_outputs (workflow_id TEXT NOT NULL, invocation_id TEXT NOT NULL,
+    output TEXT NOT NULL, PRIMARY KEY (workflow_id, invocation_id));
+CREATE TRIGGER apiary_workflows_finished AFTER UPDATE OF status ON apiary_workflows
+    WHEN NEW.status <> 'PENDING'
+BEGIN
+    DELETE FROM apiary_outputs WHERE workflow_id = NEW.workflow_id;
+END;
 CREATE TABLE counters (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 """)
 db = Database(conn)

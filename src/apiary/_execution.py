@@ -16,7 +16,8 @@ database, where only the server's own Python exists.
 The workflow bookkeeping of exactly-once execution also lives here, as functions that run
 inside a transaction: the status row (``{sys}workflows``) and recorded outputs
 (``{sys}outputs``). ``{sys}`` is the engine's prefix for system tables (``apiary_`` on
-SQLite, the ``apiary.`` schema on PostgreSQL).
+SQLite, the ``apiary.`` schema on PostgreSQL). Each engine's system schema must delete a
+workflow's recorded outputs when its status leaves ``PENDING`` (a trigger).
 """
 
 from __future__ import annotations
@@ -487,12 +488,11 @@ END_WORKFLOW = Statement(
     "WHERE workflow_id = ? AND status = 'PENDING'",
     system=True,
 )
-CLEAR_OUTPUTS = Statement("DELETE FROM {sys}outputs WHERE workflow_id = ?", system=True)
 # One statement gives both the workflow's status and the unit's recorded output: a unit
 # must not re-run once its workflow finished (its recorded output is gone by then).
 LOOKUP_OUTPUT = Statement(
-    "SELECT w.status, o.output FROM {sys}workflows w "
-    "LEFT JOIN {sys}outputs o ON o.invocation_id = ? WHERE w.workflow_id = ?",
+    "SELECT w.status, o.output FROM {sys}workflows w LEFT JOIN {sys}outputs o "
+    "ON o.workflow_id = w.workflow_id AND o.invocation_id = ? WHERE w.workflow_id = ?",
     system=True,
 )
 RECORD_OUTPUT = Statement(
@@ -512,7 +512,6 @@ SYSTEM_STATEMENTS = (
     INSERT_FAILED_WORKFLOW,
     GET_WORKFLOW,
     END_WORKFLOW,
-    CLEAR_OUTPUTS,
     LOOKUP_OUTPUT,
     RECORD_OUTPUT,
     LIST_PENDING,
@@ -578,9 +577,11 @@ def end_workflow(
 ) -> WorkflowRecord:
     """Finish a workflow with an output (``SUCCESS``) or an error (``ERROR``).
 
-    Deletes its recorded outputs. If the workflow already finished (a concurrent run of
-    the same ID got there first), nothing changes and the existing record is returned:
-    every caller of one workflow ID sees the same answer. For an error, ``start`` lets
+    Its recorded outputs are deleted by the status change itself: the engines' system
+    schema has a trigger on the status row, which saves a statement (a round trip in
+    client placement, a subtransaction in PL/Python). If the workflow already finished
+    (a concurrent run of the same ID got there first), nothing changes and the existing
+    record is returned: every caller of one workflow ID sees the same answer. For an error, ``start`` lets
     the status row be created when the unit that would have created it rolled back.
     """
     status = ERROR if error is not None else SUCCESS
@@ -601,7 +602,6 @@ def end_workflow(
             ),
         )
     if changed:
-        db.execute(CLEAR_OUTPUTS, (workflow_id,))
         return WorkflowRecord(
             workflow_id,
             start["name"] if start else "",
@@ -749,7 +749,9 @@ def run_unit(
             known[member.node] = value  # type: ignore[index]
 
     if workflow_id is not None:
-        if unit.recorded:
+        if unit.recorded and not unit.finishes:
+            # A finishing unit's answer goes into the status row, and finishing deletes
+            # recorded outputs: recording it too would be written and deleted at once.
             record_output(db, workflow_id, invocation_id or "", _codec.dumps(result))
         if unit.finishes:
             final = resolve(unit.output or ("c", None), params, {**request.inputs, **result})

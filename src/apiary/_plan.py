@@ -117,9 +117,9 @@ def compile_plan(app: App, workflow: WorkflowDef, record: RecordMode = "sfr") ->
         recorded = set()
     status_row = bool(recorded) or (record == "all")
 
-    roots = [i for i, d in enumerate(deps) if not d]
+    starter = _starter(ids, members, children, recorded) if status_row else None
+    starts_fused = starter is not None
     sinks = [i for i in range(len(ids)) if not children[ids[i]]]
-    starts_fused = status_row and len(roots) == 1 and not members[roots[0]][0].step
     finishes_fused = status_row and len(sinks) == 1 and not members[sinks[0]][0].step
 
     tasks: list[Task] = []
@@ -146,7 +146,7 @@ def compile_plan(app: App, workflow: WorkflowDef, record: RecordMode = "sfr") ->
                 ],
                 read_only=all(read_only[n.id] for n in group),
                 recorded=is_recorded,
-                starts=starts_fused and index == roots[0],
+                starts=index == starter,
                 finishes=finishes,
                 output=graph.output if finishes else None,
             )
@@ -165,6 +165,31 @@ def compile_plan(app: App, workflow: WorkflowDef, record: RecordMode = "sfr") ->
         sequential=sequential,
         read_only=read_only,
     )
+
+
+def _starter(
+    ids: list[str],
+    members: list[list[Node]],
+    children: dict[str, list[str]],
+    recorded: set[str],
+) -> int | None:
+    """The unit that can create the status row in its own transaction, if one can.
+
+    That is the first recorded task, if it is a unit and every other recorded task
+    descends from it: everything before it is a read-only unit that records nothing, so
+    it may run before the status row exists. Otherwise a transaction of its own does it.
+    """
+    first = next((i for i, task_id in enumerate(ids) if task_id in recorded), None)
+    if first is None or members[first][0].step:
+        return None
+    reached = {ids[first]}
+    pending = [ids[first]]
+    while pending:
+        for child in children[pending.pop()]:
+            if child not in reached:
+                reached.add(child)
+                pending.append(child)
+    return first if recorded <= reached else None
 
 
 def call_unit(defn: FunctionDef) -> UnitSpec:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import itertools
 import os
 import socket
@@ -77,6 +78,11 @@ class Runtime:
         self._call_units: dict[str, UnitSpec] = {
             name: call_unit(defn) for name, defn in app.functions.items()
         }
+        # Workflow and function names are unique within an app, so one table serves both.
+        self._binders: dict[str, _Binder] = {
+            name: _Binder(defn) for name, defn in app.workflows.items()
+        }
+        self._binders.update({name: _Binder(defn) for name, defn in app.functions.items()})
         self.version = app.version()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -120,7 +126,7 @@ class Runtime:
         if workflow is None:
             known = ", ".join(sorted(self.app.workflows)) or "none"
             raise NotFoundError(f"app {self.app.name!r} has no workflow {name!r} (known: {known})")
-        params = _bind(workflow, args)
+        params = self._binders[name](args)
         plan = self._plans[name]
         if workflow_id is None:
             workflow_id = self._next_id()
@@ -183,7 +189,7 @@ class Runtime:
         if defn is None:
             known = ", ".join(sorted(self.app.functions)) or "none"
             raise NotFoundError(f"app {self.app.name!r} has no function {name!r} (known: {known})")
-        params = _bind(defn, args)
+        params = self._binders[name](args)
         call_id = f"{self._next_id()}/{name}"
         return self._call_units[name], UnitRequest(None, params, call_id=call_id)
 
@@ -266,19 +272,44 @@ class Runtime:
         return f"<apiary Runtime {self.app.name} on {self.url}>"
 
 
-def _bind(defn: WorkflowDef | FunctionDef, args: Mapping[str, Any]) -> dict[str, Any]:
-    """Check arguments against a signature and the JSON rules; return them by name."""
-    kind = "workflow" if isinstance(defn, WorkflowDef) else "function"
-    signature = defn.signature if isinstance(defn, WorkflowDef) else defn.call_signature
-    try:
-        bound = signature.bind(**args)
-    except TypeError as exc:
-        raise InvalidArgumentsError(f"{kind} {defn.name!r}: {exc}") from None
-    bound.apply_defaults()
-    params: dict[str, Any] = {}
-    for key, value in bound.arguments.items():
-        try:
-            params[key] = _codec.normalize(value)
-        except TypeError as exc:
-            raise InvalidArgumentsError(f"{kind} {defn.name!r}: argument {key!r}: {exc}") from None
-    return params
+class _Binder:
+    """Checks call arguments against a signature whose parameters all take keywords.
+
+    ``inspect.Signature.bind`` is general and slow; this runs on every call.
+    """
+
+    __slots__ = ("defaults", "kind", "name", "names", "required")
+
+    def __init__(self, defn: WorkflowDef | FunctionDef) -> None:
+        self.kind = "workflow" if isinstance(defn, WorkflowDef) else "function"
+        self.name = defn.name
+        signature = defn.signature if isinstance(defn, WorkflowDef) else defn.call_signature
+        params = list(signature.parameters.values())
+        self.names = [p.name for p in params]
+        self.required = [p.name for p in params if p.default is inspect.Parameter.empty]
+        self.defaults = {p.name: p.default for p in params if p.default is not p.empty}
+
+    def __call__(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        """The arguments by name in signature order, defaults applied, JSON-normalized."""
+        if len(args) != len(self.names) or any(name not in args for name in self.names):
+            missing = [name for name in self.required if name not in args]
+            unknown = [name for name in args if name not in self.names]
+            if missing or unknown:
+                problem = (
+                    f"missing argument(s) {', '.join(map(repr, missing))}"
+                    if missing
+                    else f"unexpected argument(s) {', '.join(map(repr, unknown))}"
+                )
+                raise InvalidArgumentsError(
+                    f"{self.kind} {self.name!r}: {problem}; it takes ({', '.join(self.names)})"
+                )
+        params: dict[str, Any] = {}
+        for name in self.names:
+            value = args[name] if name in args else self.defaults[name]
+            try:
+                params[name] = _codec.normalize(value)
+            except TypeError as exc:
+                raise InvalidArgumentsError(
+                    f"{self.kind} {self.name!r}: argument {name!r}: {exc}"
+                ) from None
+        return params

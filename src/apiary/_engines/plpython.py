@@ -55,11 +55,19 @@ CREATE TABLE IF NOT EXISTS apiary.workflows (
 CREATE INDEX IF NOT EXISTS workflows_pending
     ON apiary.workflows (created_at) WHERE status = 'PENDING';
 CREATE TABLE IF NOT EXISTS apiary.outputs (
-    invocation_id TEXT PRIMARY KEY,
     workflow_id   TEXT NOT NULL,
-    output        TEXT NOT NULL
+    invocation_id TEXT NOT NULL,
+    output        TEXT NOT NULL,
+    PRIMARY KEY (workflow_id, invocation_id)
 );
-CREATE INDEX IF NOT EXISTS outputs_workflow ON apiary.outputs (workflow_id);
+CREATE OR REPLACE FUNCTION apiary.clear_outputs() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM apiary.outputs WHERE workflow_id = NEW.workflow_id;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER workflows_finished
+    AFTER UPDATE OF status ON apiary.workflows
+    FOR EACH ROW WHEN (NEW.status <> 'PENDING') EXECUTE FUNCTION apiary.clear_outputs();
 CREATE TABLE IF NOT EXISTS apiary.clients (
     client_id  BIGSERIAL PRIMARY KEY,
     created_at DOUBLE PRECISION NOT NULL
