@@ -581,8 +581,9 @@ def end_workflow(
     schema has a trigger on the status row, which saves a statement (a round trip in
     client placement, a subtransaction in PL/Python). If the workflow already finished
     (a concurrent run of the same ID got there first), nothing changes and the existing
-    record is returned: every caller of one workflow ID sees the same answer. For an error, ``start`` lets
-    the status row be created when the unit that would have created it rolled back.
+    record is returned: every caller of one workflow ID sees the same answer. For an
+    error, ``start`` lets the status row be created when the unit that would have
+    created it rolled back.
     """
     status = ERROR if error is not None else SUCCESS
     now = time.time()
