@@ -35,7 +35,7 @@ def _with_database(url: str, database: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_admin() -> Iterator[str]:
+def postgres_admin() -> str:
     """The test server's URL; a template database with PL/Python is made once."""
     if not POSTGRES_URL:
         raise pytest.UsageError(
@@ -55,7 +55,7 @@ def postgres_admin() -> Iterator[str]:
             conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
             with psycopg.connect(_with_database(POSTGRES_URL, TEMPLATE), autocommit=True) as t:
                 t.execute("CREATE EXTENSION IF NOT EXISTS plpython3u")
-    yield POSTGRES_URL
+    return POSTGRES_URL
 
 
 @pytest.fixture(params=ENGINES)

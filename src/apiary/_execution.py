@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from apiary import _codec
@@ -765,7 +765,25 @@ def run_unit(
 # Retrying conflicts
 # --------------------------------------------------------------------------------------
 
-MAX_ATTEMPTS = 50
+#: How long a transaction that keeps losing serialization conflicts is retried.
+RETRY_SECONDS = 30.0
+
+
+def retry_attempts(seconds: float = RETRY_SECONDS) -> Iterator[int]:
+    """Attempt numbers 1, 2, ... until ``seconds`` have passed since the first.
+
+    The caller sleeps :func:`backoff_delay` between attempts (with ``time.sleep`` or
+    ``asyncio.sleep``). A time budget, not a count: under heavy contention a transaction
+    may lose many rounds in a row, and giving up then would only move the retry to the
+    caller.
+    """
+    deadline = time.monotonic() + seconds
+    attempt = 0
+    while True:
+        attempt += 1
+        yield attempt
+        if time.monotonic() >= deadline:
+            return
 
 
 def backoff_delay(attempt: int, *, base: float = 0.001, cap: float = 0.1) -> float:

@@ -32,6 +32,10 @@ WORKFLOW_CONFLICT_STATE = "AP002"
 NOT_INSTALLED_STATE = "AP003"
 SERIALIZATION_FAILURE_STATE = "40001"
 _CONFLICT_STATES = frozenset({"40001", "40P01"})
+#: SQLSTATE classes that are the server's trouble, not the application's: connection
+#: exceptions, insufficient resources, operator intervention, system errors. A unit that
+#: meets one fails as unavailable (safe to retry), never as the function's error.
+UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
 
 #: Bookkeeping functions of the core that the system stub may run.
 SYSTEM_OPS = (
@@ -48,19 +52,21 @@ SYSTEM_OPS = (
 class PlpyDatabase:
     """The execution core's adapter over PL/Python's SPI (``plpy``)."""
 
-    __slots__ = ("_conflict", "_plans", "_plpy", "_spi_error", "_statements")
+    __slots__ = ("_conflict", "_plans", "_plpy", "_spi_error", "_statements", "_unavailable")
 
     def __init__(
         self,
         plpy: Any,
         statements: dict[str, Sequence[Any]],
         conflict: type[BaseException],
+        unavailable: type[Exception],
     ) -> None:
         self._plpy = plpy
         self._statements = statements
         self._plans: dict[str, Any] = {}
         self._spi_error = plpy.SPIError
         self._conflict = conflict
+        self._unavailable = unavailable
 
     def _plan(self, text: str) -> Any:
         entry = self._statements.get(text)
@@ -76,8 +82,13 @@ class PlpyDatabase:
         try:
             return self._plpy.execute(plan, list(params))
         except self._spi_error as exc:
-            if getattr(exc, "sqlstate", None) in _CONFLICT_STATES:
+            state = getattr(exc, "sqlstate", None) or ""
+            if state in _CONFLICT_STATES:
                 raise self._conflict(str(exc)) from exc
+            if state.startswith(UNAVAILABLE_CLASSES):
+                error = self._unavailable(str(exc))
+                error.sqlstate = state  # type: ignore[attr-defined]
+                raise error from exc
             raise
 
     def query(self, stmt: Any, params: Sequence[Any]) -> list[tuple[Any, ...]]:
@@ -218,7 +229,9 @@ class InDatabaseRuntime:
         self.execution = execution
         self.functions = app_object.functions
         statements = json.loads(sources["statements"])
-        self.db = PlpyDatabase(plpy, statements, execution.TransactionConflict)
+        self.db = PlpyDatabase(
+            plpy, statements, execution.TransactionConflict, errors.DatabaseUnavailableError
+        )
 
     def _fail(self, exc: BaseException) -> None:
         plpy = self.plpy
@@ -231,6 +244,8 @@ class InDatabaseRuntime:
             plpy.error(str(exc), detail=json.dumps(exc.to_json()), sqlstate=FUNCTION_ERROR_STATE)
         if isinstance(exc, errors.WorkflowConflictError):
             plpy.error(str(exc), sqlstate=WORKFLOW_CONFLICT_STATE)
+        if isinstance(exc, errors.DatabaseUnavailableError):
+            plpy.error(str(exc), sqlstate=getattr(exc, "sqlstate", "53000"))
 
     def run_unit(self, cache: dict[str, Any], unit_json: str, request_text: str) -> str:
         """Run the unit a stub compiled in; return its outcome as JSON text."""

@@ -262,11 +262,22 @@ class Runtime:
         self._pool.shutdown(wait=True)
         self._engine.close()
 
+    async def aclose(self) -> None:
+        """:meth:`close` from an event loop: also closes the loop's async connections."""
+        await self._engine.aclose()
+        self._pool.shutdown(wait=False)
+
     def __enter__(self) -> Runtime:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    async def __aenter__(self) -> Runtime:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def __repr__(self) -> str:
         return f"<apiary Runtime {self.app.name} on {self.url}>"

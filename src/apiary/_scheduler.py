@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -157,7 +158,10 @@ class WorkflowRun:
         if finished is None and output is None:
             fn, ctx, args = self._step_call(task)
             try:
-                value = fn(ctx, **args)
+                if inspect.iscoroutinefunction(fn):
+                    value = asyncio.run(fn(ctx, **args))  # an async step, from sync code
+                else:
+                    value = fn(ctx, **args)
             except Exception as exc:
                 raise self._step_error(task, exc) from exc
             output = self._step_output(task, value)

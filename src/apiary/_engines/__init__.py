@@ -19,7 +19,12 @@ def open_engine(url: str, executor: concurrent.futures.Executor) -> Engine:
 
         return SQLiteEngine.from_url(url, executor)
     if scheme in ("postgresql", "postgres"):
-        from apiary._engines.postgres import PostgresEngine
+        try:
+            from apiary._engines.postgres import PostgresEngine
+        except ImportError as exc:
+            raise ImportError(
+                f"PostgreSQL support needs psycopg ({exc}): pip install 'apiary[postgres]'"
+            ) from exc
 
         return PostgresEngine.from_url(url, executor)
     raise ValueError(

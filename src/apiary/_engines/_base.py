@@ -82,6 +82,10 @@ class Engine(ABC):
             self.executor, lambda: self.system(op, *args, write=write, **kwargs)
         )
 
+    async def aclose(self) -> None:
+        """:meth:`close` from an event loop (engines with async connections override it)."""
+        self.close()
+
     @abstractmethod
     def close(self) -> None:
         """Release connections. The engine cannot be used afterwards."""

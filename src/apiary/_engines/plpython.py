@@ -289,8 +289,17 @@ def install(
                 body = _stub_body(app.name, f"rt.run_unit(SD, {unit_json!r}, request)")
                 _create_function(conn, name, "version text, request text", body)
             _check_load(conn, app)
-    except psycopg.errors.UndefinedFile as exc:  # pragma: no cover - plpython3.so missing
-        raise NotInstalledError(f"PL/Python is not installed on the server: {exc}") from exc
+    except psycopg.errors.UndefinedFile as exc:  # plpython3.so missing on the server
+        raise NotInstalledError(
+            "PL/Python is not installed on the database server (Debian/Ubuntu: apt-get "
+            f"install postgresql-plpython3-15): {exc}"
+        ) from exc
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise NotInstalledError(
+            "installing needs a superuser role: plpython3u is an untrusted language, so "
+            "only a superuser may create functions in it (run install as one, or use "
+            f"?placement=client): {exc.diag.message_primary or exc}"
+        ) from exc
 
 
 def _store_code(conn: psycopg.Connection[Any], app: AppInfo, compiled: dict[str, Any]) -> None:

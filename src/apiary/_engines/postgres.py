@@ -44,7 +44,7 @@ from apiary._errors import (
     WorkflowConflictError,
 )
 from apiary._execution import (
-    MAX_ATTEMPTS,
+    RETRY_SECONDS,
     Database,
     Statement,
     TransactionConflict,
@@ -54,8 +54,14 @@ from apiary._execution import (
     backoff_delay,
     decode_record,
     decode_result,
+    retry_attempts,
 )
-from apiary._indb import FUNCTION_ERROR_STATE, NOT_INSTALLED_STATE, WORKFLOW_CONFLICT_STATE
+from apiary._indb import (
+    FUNCTION_ERROR_STATE,
+    NOT_INSTALLED_STATE,
+    UNAVAILABLE_CLASSES,
+    WORKFLOW_CONFLICT_STATE,
+)
 from apiary._sql import info_of, placeholder_forms
 
 T = TypeVar("T")
@@ -108,13 +114,16 @@ def _conflict(exc: BaseException) -> bool:
 
 
 def _connection_lost(exc: BaseException) -> bool:
-    """Whether an error means the server could not be reached or the connection broke."""
+    """Whether an error is the server's trouble, not the application's: it could not be
+    reached, the connection broke, or it ran out of a resource (classes 08, 53, 57, 58)."""
     if isinstance(exc, PoolTimeout):
         return True
-    if not isinstance(exc, psycopg.OperationalError) or _conflict(exc):
+    if not isinstance(exc, psycopg.Error) or _conflict(exc):
         return False
     state = getattr(exc, "sqlstate", None)
-    return state is None or state.startswith(("08", "57P"))
+    if state is None:
+        return isinstance(exc, psycopg.OperationalError)
+    return bool(state.startswith(UNAVAILABLE_CLASSES))
 
 
 class PsycopgDatabase:
@@ -310,7 +319,7 @@ class PostgresEngine(Engine):
     def transact(self, work: Callable[[Database], T], *, write: bool) -> T:
         """Run ``work`` over a pooled connection in one transaction; retry conflicts."""
         last: BaseException | None = None
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        for attempt in retry_attempts():
             try:
                 with self.pool().connection() as conn, conn.transaction():
                     return work(PsycopgDatabase(conn))
@@ -327,7 +336,7 @@ class PostgresEngine(Engine):
                 raise DatabaseUnavailableError(f"no PostgreSQL connection: {exc}") from exc
             time.sleep(backoff_delay(attempt))
         raise TransactionConflictError(
-            f"a transaction conflicted through {MAX_ATTEMPTS} attempts: {last}"
+            f"a transaction kept conflicting for {RETRY_SECONDS:.0f} s: {last}"
         )
 
     # -- stored procedure calls (placement=db) ---------------------------------------
@@ -363,7 +372,7 @@ class PostgresEngine(Engine):
 
     def _call(self, sql: str, params: tuple[Any, ...], *, repeatable: bool) -> Any:
         lost = 0
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        for attempt in retry_attempts():
             try:
                 with self.pool().connection() as conn:
                     row = conn.execute(sql, params, prepare=True).fetchone()
@@ -374,11 +383,11 @@ class PostgresEngine(Engine):
                     raise failure from exc
                 lost += int(not _conflict(exc))
             time.sleep(backoff_delay(attempt))
-        raise TransactionConflictError(f"a call conflicted through {MAX_ATTEMPTS} attempts")
+        raise TransactionConflictError(f"a call kept conflicting for {RETRY_SECONDS:.0f} s")
 
     async def _call_async(self, sql: str, params: tuple[Any, ...], *, repeatable: bool) -> Any:
         lost = 0
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        for attempt in retry_attempts():
             try:
                 pool = await self.async_pool()
                 async with pool.connection() as conn:
@@ -391,7 +400,7 @@ class PostgresEngine(Engine):
                     raise failure from exc
                 lost += int(not _conflict(exc))
             await asyncio.sleep(backoff_delay(attempt))
-        raise TransactionConflictError(f"a call conflicted through {MAX_ATTEMPTS} attempts")
+        raise TransactionConflictError(f"a call kept conflicting for {RETRY_SECONDS:.0f} s")
 
     def _call_failure(self, exc: BaseException, repeatable: bool, lost: int) -> Exception | None:
         """What to raise for a failed call, or ``None`` to retry it."""
@@ -451,6 +460,13 @@ class PostgresEngine(Engine):
         with self.connect() as conn:
             install(conn, app, statements, units, in_database=self.placement == "db")
 
+    async def aclose(self) -> None:
+        """Close the pools, the running event loop's one properly (awaiting it)."""
+        pool = self._async_pools.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            await pool.close()
+        self.close()
+
     def close(self) -> None:
         """Close the connection pools."""
         self._closed = True
@@ -459,5 +475,16 @@ class PostgresEngine(Engine):
             self._pool = None
         pools, self._async_pools = self._async_pools, {}
         for loop, pool in pools.items():
-            if not loop.is_closed() and loop.is_running():
-                asyncio.run_coroutine_threadsafe(pool.close(), loop)
+            if loop.is_running() and not loop.is_closed():
+                try:
+                    running = asyncio.get_running_loop()
+                except RuntimeError:
+                    running = None
+                if running is not loop:
+                    asyncio.run_coroutine_threadsafe(pool.close(), loop).result(timeout=10)
+                    continue
+            # The loop is gone (asyncio.run returned) or is this thread's: nothing can
+            # await the pool's close any more, so end its connections directly.
+            for conn in list(getattr(pool, "_pool", ())):
+                with contextlib.suppress(Exception):
+                    conn.pgconn.finish()

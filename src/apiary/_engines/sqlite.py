@@ -36,12 +36,13 @@ from apiary._errors import (
     TransactionConflictError,
 )
 from apiary._execution import (
-    MAX_ATTEMPTS,
+    RETRY_SECONDS,
     Database,
     Statement,
     TransactionConflict,
     UnitSpec,
     backoff_delay,
+    retry_attempts,
 )
 
 T = TypeVar("T")
@@ -99,6 +100,7 @@ def _unavailable(exc: sqlite3.Error) -> bool:
         sqlite3.SQLITE_NOTADB,
         sqlite3.SQLITE_READONLY,
         sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_NOMEM,
     )
 
 
@@ -253,7 +255,7 @@ class SQLiteEngine(Engine):
         conn = db.conn
         begin = "BEGIN IMMEDIATE" if write else "BEGIN"
         last: BaseException | None = None
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        for attempt in retry_attempts():
             try:
                 conn.execute(begin)
                 try:
@@ -274,7 +276,7 @@ class SQLiteEngine(Engine):
                 raise self._translate(exc) from exc
             time.sleep(backoff_delay(attempt))
         raise TransactionConflictError(
-            f"SQLite database {self.path!r} stayed locked through {MAX_ATTEMPTS} attempts: {last}"
+            f"SQLite database {self.path!r} stayed locked for {RETRY_SECONDS:.0f} s: {last}"
         )
 
     def _translate(self, exc: sqlite3.Error) -> Exception:
