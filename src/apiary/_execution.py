@@ -449,15 +449,23 @@ def decode_result(value: Any) -> Any:
 
 
 class UnitOutcome:
-    """What running a unit produced: member outputs, or the already-finished workflow."""
+    """What running a unit produced: member outputs, or the already-finished workflow.
 
-    __slots__ = ("finished", "outputs")
+    ``created`` says the unit created the workflow's status row: this run is the first,
+    so nothing of it can have been recorded before.
+    """
+
+    __slots__ = ("created", "finished", "outputs")
 
     def __init__(
-        self, outputs: dict[str, Any] | None, finished: WorkflowRecord | None = None
+        self,
+        outputs: dict[str, Any] | None,
+        finished: WorkflowRecord | None = None,
+        created: bool = False,
     ) -> None:
         self.outputs = outputs
         self.finished = finished
+        self.created = created
 
 
 # --------------------------------------------------------------------------------------
@@ -757,8 +765,8 @@ def run_unit(
         if unit.finishes:
             final = resolve(unit.output or ("c", None), params, {**request.inputs, **result})
             record = end_workflow(db, workflow_id, output=_codec.dumps(final), start=request.start)
-            return UnitOutcome(result, record)
-    return UnitOutcome(result)
+            return UnitOutcome(result, record, fresh)
+    return UnitOutcome(result, None, fresh)
 
 
 # --------------------------------------------------------------------------------------

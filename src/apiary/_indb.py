@@ -264,7 +264,11 @@ class InDatabaseRuntime:
             self._fail(exc)
             raise
         return self.codec.dumps(  # type: ignore[no-any-return]
-            {"o": outcome.outputs, "f": execution.encode_record(outcome.finished)}
+            {
+                "o": outcome.outputs,
+                "f": execution.encode_record(outcome.finished),
+                "n": outcome.created,
+            }
         )
 
     def system(self, op: str, payload: str) -> str:

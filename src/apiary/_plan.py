@@ -34,6 +34,9 @@ class Task:
     recorded: bool
     inputs: list[str]
     unit: UnitSpec | None = None
+    #: A step that is the workflow's only sink: the transaction that finishes the
+    #: workflow right after it stands in for recording its output.
+    sink_step: bool = False
 
     @property
     def step(self) -> bool:
@@ -150,7 +153,8 @@ def compile_plan(app: App, workflow: WorkflowDef, record: RecordMode = "sfr") ->
                 finishes=finishes,
                 output=graph.output if finishes else None,
             )
-        tasks.append(Task(ids[index], group, deps[index], is_recorded, inputs, unit))
+        sink_step = status_row and unit is None and sinks == [index]
+        tasks.append(Task(ids[index], group, deps[index], is_recorded, inputs, unit, sink_step))
 
     sequential = all(len(d) <= 1 for d in deps) and all(len(c) <= 1 for c in children.values())
     return WorkflowPlan(

@@ -49,6 +49,8 @@ class WorkflowRun:
         self.pool = pool
         self.outputs: dict[str, Any] = {}
         self.final: WorkflowRecord | None = None
+        #: This run created the status row, so nothing was recorded before it.
+        self.fresh = False
 
     # -- shared pieces ---------------------------------------------------------------
 
@@ -62,6 +64,7 @@ class WorkflowRun:
         )
 
     def _absorb(self, outcome: UnitOutcome) -> None:
+        self.fresh = self.fresh or outcome.created
         if outcome.finished is not None:
             self.final = outcome.finished
         elif outcome.outputs is not None:
@@ -114,7 +117,7 @@ class WorkflowRun:
         plan = self.plan
         try:
             if plan.status_row and not plan.starts_fused:
-                _, finished = self.engine.system(
+                self.fresh, finished = self.engine.system(
                     _execution.begin_workflow, self.workflow_id, self.start, write=True
                 )
                 if finished is not None:
@@ -151,7 +154,7 @@ class WorkflowRun:
             return
         finished: WorkflowRecord | None = None
         output: str | None = None
-        if task.recorded:
+        if task.recorded and not self.fresh:
             finished, output = self.engine.system(
                 _execution.lookup_output, self.workflow_id, self._invocation(task), write=False
             )
@@ -165,7 +168,7 @@ class WorkflowRun:
             except Exception as exc:
                 raise self._step_error(task, exc) from exc
             output = self._step_output(task, value)
-            if task.recorded:
+            if task.recorded and not task.sink_step:
                 finished, output = self.engine.system(
                     _execution.record_once,
                     self.workflow_id,
@@ -219,7 +222,7 @@ class WorkflowRun:
         engine = self.engine
         try:
             if plan.status_row and not plan.starts_fused:
-                _, finished = await engine.system_async(
+                self.fresh, finished = await engine.system_async(
                     _execution.begin_workflow, self.workflow_id, self.start, write=True
                 )
                 if finished is not None:
@@ -256,7 +259,7 @@ class WorkflowRun:
             return
         finished: WorkflowRecord | None = None
         output: str | None = None
-        if task.recorded:
+        if task.recorded and not self.fresh:
             finished, output = await self.engine.system_async(
                 _execution.lookup_output, self.workflow_id, self._invocation(task), write=False
             )
@@ -271,7 +274,7 @@ class WorkflowRun:
             except Exception as exc:
                 raise self._step_error(task, exc) from exc
             output = self._step_output(task, value)
-            if task.recorded:
+            if task.recorded and not task.sink_step:
                 finished, output = await self.engine.system_async(
                     _execution.record_once,
                     self.workflow_id,

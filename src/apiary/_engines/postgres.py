@@ -421,7 +421,7 @@ class PostgresEngine(Engine):
             return super().run_unit(unit, request)
         sql, params = self._unit_call(unit, request)
         data = self._call(sql, params, repeatable=unit.read_only or unit.recorded)
-        return UnitOutcome(data["o"], decode_record(data["f"]))
+        return UnitOutcome(data["o"], decode_record(data["f"]), data["n"])
 
     async def run_unit_async(self, unit: UnitSpec, request: UnitRequest) -> UnitOutcome:
         """:meth:`run_unit` on the event loop (client placement uses the executor)."""
@@ -429,7 +429,7 @@ class PostgresEngine(Engine):
             return await super().run_unit_async(unit, request)
         sql, params = self._unit_call(unit, request)
         data = await self._call_async(sql, params, repeatable=unit.read_only or unit.recorded)
-        return UnitOutcome(data["o"], decode_record(data["f"]))
+        return UnitOutcome(data["o"], decode_record(data["f"]), data["n"])
 
     def system(self, op: Callable[..., T], *args: Any, write: bool, **kwargs: Any) -> T:
         """Run a bookkeeping function: in the system procedure (``db``) or here."""
