@@ -259,10 +259,12 @@ class PostgresEngine(Engine):
             # The first PL/Python call of a backend loads the runtime (tens of ms):
             # pay it when the pool opens the connection, not in a request.
             with contextlib.suppress(psycopg.Error):  # not installed yet: calls will say so
-                conn.execute(
-                    f'SELECT {SYSTEM_SCHEMA}."{system_stub_name(self.app.name)}"(%s, %s, %s)',
-                    (self.app.version, "ping", "[[], {}]"),
-                )
+                conn.execute(*self._warm_call())
+
+    def _warm_call(self) -> tuple[str, tuple[Any, ...]]:
+        assert self.app is not None
+        sql = f'SELECT {SYSTEM_SCHEMA}."{system_stub_name(self.app.name)}"(%s, %s, %s)'
+        return sql, (self.app.version, "ping", "[[], {}]")
 
     def pool(self) -> ConnectionPool[Any]:
         """The connection pool, opened on first use."""
@@ -292,6 +294,9 @@ class PostgresEngine(Engine):
 
             async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
                 await conn.execute("SET default_transaction_isolation TO 'serializable'")
+                if self.placement == "db" and self.app is not None:
+                    with contextlib.suppress(psycopg.Error):  # see _configure
+                        await conn.execute(*self._warm_call())
 
             pool = AsyncConnectionPool(
                 self.conninfo,
