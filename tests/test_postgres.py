@@ -240,9 +240,9 @@ def test_redeploy_one_backend_serves_both_versions(
             "SELECT DISTINCT version FROM apiary.code WHERE app = %s", (app_v1.name,)
         ).fetchall()
     assert seen == [
-        {"o": {"hello": "v1"}, "f": None},
-        {"o": {"hello": "v2"}, "f": None},
-        {"o": {"hello": "v1"}, "f": None},
+        {"o": {"hello": "v1"}, "f": None, "n": False},
+        {"o": {"hello": "v2"}, "f": None, "n": False},
+        {"o": {"hello": "v1"}, "f": None, "n": False},
     ]
     assert {v for (v,) in versions} == {rt1.version, rt2.version}
 

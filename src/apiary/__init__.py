@@ -9,6 +9,7 @@ completion, every function taking effect exactly once through crashes and retrie
 """
 
 from apiary._app import App
+from apiary._database import Statement
 from apiary._errors import (
     ApiaryError,
     DatabaseUnavailableError,
@@ -20,7 +21,7 @@ from apiary._errors import (
     TransactionConflictError,
     WorkflowConflictError,
 )
-from apiary._execution import Statement, StepContext, TxContext
+from apiary._execution import StepContext, TxContext
 from apiary._graph import transaction
 from apiary._runtime import Runtime, WorkflowStatus
 from apiary._sql import sql

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from apiary import _graph
+from apiary._database import Statement
 from apiary._discovery import check_no_raw_sql, find_statements
 from apiary._errors import RegistrationError
-from apiary._execution import Statement
 from apiary._sql import info_of
 
 F = TypeVar("F", bound=Callable[..., Any])

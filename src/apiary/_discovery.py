@@ -20,8 +20,8 @@ import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from apiary._database import Statement
 from apiary._errors import RegistrationError
-from apiary._execution import Statement
 
 _CTX_METHODS = frozenset({"query", "query_one", "execute"})
 

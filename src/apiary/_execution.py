@@ -8,82 +8,39 @@ group, run as a single ACID transaction. Every engine and placement runs units t
 * PostgreSQL, ``placement=db``: inside a PL/Python stored procedure;
 * PostgreSQL, ``placement=client``: in the application process, over a connection.
 
-The core talks to the database only through :class:`Database` (run a prepared statement,
-get rows or a row count). It imports only the standard library and the other core modules
-(``_errors``, ``_codec``), because the PostgreSQL engine ships this very source into the
-database, where only the server's own Python exists.
-
-The workflow bookkeeping of exactly-once execution also lives here, as functions that run
-inside a transaction: the status row (``{sys}workflows``) and recorded outputs
-(``{sys}outputs``). ``{sys}`` is the engine's prefix for system tables (``apiary_`` on
-SQLite, the ``apiary.`` schema on PostgreSQL). Each engine's system schema must delete a
-workflow's recorded outputs when its status leaves ``PENDING`` (a trigger).
+The core is this module with :mod:`apiary._database` (statements, the adapter protocol,
+retries), :mod:`apiary._bookkeeping` (status rows and recorded outputs), ``_codec`` and
+``_errors``. It imports only the standard library, because the PostgreSQL engine ships
+this very source into the database, where only the server's own Python exists.
 """
 
 from __future__ import annotations
 
-import random
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from apiary import _codec
-from apiary._errors import (
-    DatabaseUnavailableError,
-    FunctionError,
-    RegistrationError,
-    WorkflowConflictError,
+from apiary._bookkeeping import (
+    WorkflowRecord,
+    begin_workflow,
+    end_workflow,
+    lookup_output,
+    record_output,
 )
+from apiary._database import Database, Statement, TransactionConflict
+from apiary._errors import DatabaseUnavailableError, FunctionError, RegistrationError
 
-# --------------------------------------------------------------------------------------
-# Statements and the adapter
-# --------------------------------------------------------------------------------------
-
-
-class Statement:
-    """A parameterized prepared statement, declared once with :func:`apiary.sql`.
-
-    ``text`` is portable SQL with ``?`` placeholders. Engines prepare it once per
-    connection (SQLite's statement cache, ``plpy.prepare`` plans, server-side prepares).
-    The registrar attaches its analysis (read or write, tables) as ``info``.
-    """
-
-    __slots__ = ("info", "system", "text")
-
-    def __init__(self, text: str, *, system: bool = False) -> None:
-        if not isinstance(text, str):
-            raise TypeError(f"apiary.sql() takes the SQL text as a str, not {type(text).__name__}")
-        self.text = text
-        self.system = system
-        self.info: Any = None
-
-    def __repr__(self) -> str:
-        return f"Statement({self.text!r})"
-
-
-class Database(Protocol):
-    """What the execution core needs from a database: run a prepared statement.
-
-    Implementations map a :class:`Statement` to the engine's prepared form (caching it)
-    and raise :class:`TransactionConflict` for serialization failures and deadlocks.
-    """
-
-    def query(self, stmt: Statement, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """Run a statement that returns rows; return them as tuples."""
-        ...
-
-    def execute(self, stmt: Statement, params: Sequence[Any]) -> int:
-        """Run a statement for its effect; return the number of rows affected."""
-        ...
-
-
-class TransactionConflict(BaseException):
-    """Signal: the transaction lost a serialization conflict and must be retried whole.
-
-    Adapters raise it. It derives from ``BaseException`` so that application code with
-    ``except Exception`` cannot swallow it; the context is also poisoned, so a unit whose
-    code swallowed it anyway still fails and is retried rather than committing partially.
-    """
+__all__ = [
+    "Member",
+    "StepContext",
+    "TxContext",
+    "UnitOutcome",
+    "UnitRequest",
+    "UnitSpec",
+    "resolve",
+    "run_unit",
+    "template_nodes",
+]
 
 
 # --------------------------------------------------------------------------------------
@@ -367,87 +324,6 @@ class UnitRequest:
         self.call_id = call_id
 
 
-class WorkflowRecord:
-    """A workflow's status row: ``PENDING``, ``SUCCESS`` (with output) or ``ERROR``."""
-
-    __slots__ = ("error", "inputs", "name", "output", "owner", "status", "version", "workflow_id")
-
-    def __init__(
-        self,
-        workflow_id: str,
-        name: str,
-        inputs: str,
-        status: str,
-        output: str | None,
-        error: str | None,
-        owner: str | None,
-        version: str | None,
-    ) -> None:
-        self.workflow_id = workflow_id
-        self.name = name
-        self.inputs = inputs
-        self.status = status
-        self.output = output
-        self.error = error
-        self.owner = owner
-        self.version = version
-
-    @property
-    def finished(self) -> bool:
-        """Whether the workflow ended (``SUCCESS`` or ``ERROR``)."""
-        return self.status != PENDING
-
-    def result(self) -> Any:
-        """The workflow's output; raises the recorded :class:`FunctionError` if it failed."""
-        if self.status == SUCCESS:
-            return None if self.output is None else _codec.loads(self.output)
-        if self.status == ERROR:
-            raise FunctionError.from_json(_codec.loads(self.error or "{}"), self.workflow_id)
-        raise RuntimeError(f"workflow {self.workflow_id!r} has not finished")
-
-    def __repr__(self) -> str:
-        return f"WorkflowRecord({self.workflow_id!r}, {self.name!r}, {self.status})"
-
-
-def encode_record(record: WorkflowRecord | None) -> list[Any] | None:
-    """A status row as JSON data (to cross the database boundary)."""
-    if record is None:
-        return None
-    return [
-        record.workflow_id,
-        record.name,
-        record.inputs,
-        record.status,
-        record.output,
-        record.error,
-        record.owner,
-        record.version,
-    ]
-
-
-def decode_record(data: Sequence[Any] | None) -> WorkflowRecord | None:
-    """The inverse of :func:`encode_record`."""
-    return None if data is None else WorkflowRecord(*data)
-
-
-def encode_result(value: Any) -> Any:
-    """The result of a bookkeeping function as JSON data (records and tuples included)."""
-    if isinstance(value, WorkflowRecord):
-        return {"$record": encode_record(value)}
-    if isinstance(value, tuple | list):
-        return [encode_result(item) for item in value]
-    return value
-
-
-def decode_result(value: Any) -> Any:
-    """The inverse of :func:`encode_result` (sequences come back as tuples)."""
-    if isinstance(value, dict) and len(value) == 1 and "$record" in value:
-        return decode_record(value["$record"])
-    if isinstance(value, list):
-        return tuple(decode_result(item) for item in value)
-    return value
-
-
 class UnitOutcome:
     """What running a unit produced: member outputs, or the already-finished workflow.
 
@@ -466,215 +342,6 @@ class UnitOutcome:
         self.outputs = outputs
         self.finished = finished
         self.created = created
-
-
-# --------------------------------------------------------------------------------------
-# System statements (portable between SQLite and PostgreSQL)
-# --------------------------------------------------------------------------------------
-
-PENDING, SUCCESS, ERROR = "PENDING", "SUCCESS", "ERROR"
-
-_WORKFLOW_COLUMNS = "workflow_id, name, inputs, status, output, error, owner, version"
-
-BEGIN_WORKFLOW = Statement(
-    "INSERT INTO {sys}workflows (workflow_id, name, inputs, status, owner, version, "
-    "created_at, updated_at) VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?) "
-    "ON CONFLICT (workflow_id) DO NOTHING",
-    system=True,
-)
-INSERT_FAILED_WORKFLOW = Statement(
-    "INSERT INTO {sys}workflows (workflow_id, name, inputs, status, error, owner, version, "
-    "created_at, updated_at) VALUES (?, ?, ?, 'ERROR', ?, ?, ?, ?, ?) "
-    "ON CONFLICT (workflow_id) DO NOTHING",
-    system=True,
-)
-GET_WORKFLOW = Statement(
-    f"SELECT {_WORKFLOW_COLUMNS} FROM {{sys}}workflows WHERE workflow_id = ?", system=True
-)
-END_WORKFLOW = Statement(
-    "UPDATE {sys}workflows SET status = ?, output = ?, error = ?, updated_at = ? "
-    "WHERE workflow_id = ? AND status = 'PENDING'",
-    system=True,
-)
-# One statement gives both the workflow's status and the unit's recorded output: a unit
-# must not re-run once its workflow finished (its recorded output is gone by then).
-LOOKUP_OUTPUT = Statement(
-    "SELECT w.status, o.output FROM {sys}workflows w LEFT JOIN {sys}outputs o "
-    "ON o.workflow_id = w.workflow_id AND o.invocation_id = ? WHERE w.workflow_id = ?",
-    system=True,
-)
-RECORD_OUTPUT = Statement(
-    "INSERT INTO {sys}outputs (invocation_id, workflow_id, output) VALUES (?, ?, ?)",
-    system=True,
-)
-LIST_PENDING = Statement(
-    "SELECT workflow_id FROM {sys}workflows WHERE status = 'PENDING' ORDER BY created_at",
-    system=True,
-)
-NEW_CLIENT = Statement(
-    "INSERT INTO {sys}clients (created_at) VALUES (?) RETURNING client_id", system=True
-)
-
-SYSTEM_STATEMENTS = (
-    BEGIN_WORKFLOW,
-    INSERT_FAILED_WORKFLOW,
-    GET_WORKFLOW,
-    END_WORKFLOW,
-    LOOKUP_OUTPUT,
-    RECORD_OUTPUT,
-    LIST_PENDING,
-    NEW_CLIENT,
-)
-
-
-# --------------------------------------------------------------------------------------
-# Workflow bookkeeping (each runs inside a transaction the engine opened)
-# --------------------------------------------------------------------------------------
-
-
-def get_workflow(db: Database, workflow_id: str) -> WorkflowRecord | None:
-    """Read a workflow's status row."""
-    rows = db.query(GET_WORKFLOW, (workflow_id,))
-    return WorkflowRecord(*rows[0]) if rows else None
-
-
-def begin_workflow(
-    db: Database, workflow_id: str, start: Mapping[str, Any]
-) -> tuple[bool, WorkflowRecord | None]:
-    """Create the workflow's ``PENDING`` status row, or find the existing one.
-
-    Returns ``(created, finished_record)``: ``created`` is true when this call made the
-    row (nothing can be recorded yet); ``finished_record`` is set when the workflow
-    already ended, so its answer is returned without running anything.
-    Raises :class:`WorkflowConflictError` if the ID names another workflow or inputs.
-    """
-    now = time.time()
-    created = db.execute(
-        BEGIN_WORKFLOW,
-        (
-            workflow_id,
-            start["name"],
-            start["inputs"],
-            start.get("owner"),
-            start.get("version"),
-            now,
-            now,
-        ),
-    )
-    if created:
-        return True, None
-    record = get_workflow(db, workflow_id)
-    if record is None:  # pragma: no cover - the insert saw a conflicting row
-        raise RuntimeError(f"workflow {workflow_id!r} vanished while starting")
-    if record.name != start["name"] or record.inputs != start["inputs"]:
-        raise WorkflowConflictError(
-            f"workflow ID {workflow_id!r} already names a run of {record.name!r} with inputs "
-            f"{record.inputs}; it cannot be reused for {start['name']!r} with inputs "
-            f"{start['inputs']}"
-        )
-    return False, (record if record.finished else None)
-
-
-def end_workflow(
-    db: Database,
-    workflow_id: str,
-    *,
-    output: str | None = None,
-    error: str | None = None,
-    start: Mapping[str, Any] | None = None,
-) -> WorkflowRecord:
-    """Finish a workflow with an output (``SUCCESS``) or an error (``ERROR``).
-
-    Its recorded outputs are deleted by the status change itself: the engines' system
-    schema has a trigger on the status row, which saves a statement (a round trip in
-    client placement, a subtransaction in PL/Python). If the workflow already finished
-    (a concurrent run of the same ID got there first), nothing changes and the existing
-    record is returned: every caller of one workflow ID sees the same answer. For an
-    error, ``start`` lets the status row be created when the unit that would have
-    created it rolled back.
-    """
-    status = ERROR if error is not None else SUCCESS
-    now = time.time()
-    changed = db.execute(END_WORKFLOW, (status, output, error, now, workflow_id))
-    if not changed and error is not None and start is not None:
-        changed = db.execute(
-            INSERT_FAILED_WORKFLOW,
-            (
-                workflow_id,
-                start["name"],
-                start["inputs"],
-                error,
-                start.get("owner"),
-                start.get("version"),
-                now,
-                now,
-            ),
-        )
-    if changed:
-        return WorkflowRecord(
-            workflow_id,
-            start["name"] if start else "",
-            start["inputs"] if start else "",
-            status,
-            output,
-            error,
-            None,
-            None,
-        )
-    record = get_workflow(db, workflow_id)
-    if record is None:
-        raise RuntimeError(f"workflow {workflow_id!r} has no status row to finish")
-    return record
-
-
-def lookup_output(
-    db: Database, workflow_id: str, invocation_id: str
-) -> tuple[WorkflowRecord | None, str | None]:
-    """Find a recorded output; returns ``(finished_record, output_json)``.
-
-    ``finished_record`` is set when the workflow already ended (the unit must not run).
-    """
-    rows = db.query(LOOKUP_OUTPUT, (invocation_id, workflow_id))
-    if not rows:
-        raise RuntimeError(
-            f"workflow {workflow_id!r} has no status row; a recorded unit cannot run without it"
-        )
-    status, output = rows[0]
-    if status != PENDING:
-        return get_workflow(db, workflow_id), None
-    return None, output
-
-
-def record_output(db: Database, workflow_id: str, invocation_id: str, output: str) -> None:
-    """Record a unit's or step's output under its invocation ID."""
-    db.execute(RECORD_OUTPUT, (invocation_id, workflow_id, output))
-
-
-def record_once(
-    db: Database, workflow_id: str, invocation_id: str, output: str
-) -> tuple[WorkflowRecord | None, str | None]:
-    """Record a step's output unless one is recorded already; returns the one that counts.
-
-    Returns ``(finished_record, output_json)`` like :func:`lookup_output`: a concurrent
-    run of the same workflow may have recorded first, and then its output wins.
-    """
-    finished, existing = lookup_output(db, workflow_id, invocation_id)
-    if finished is not None:
-        return finished, None
-    if existing is not None:
-        return None, existing
-    record_output(db, workflow_id, invocation_id, output)
-    return None, output
-
-
-def list_pending(db: Database) -> list[str]:
-    """IDs of workflows still ``PENDING``, oldest first."""
-    return [row[0] for row in db.query(LIST_PENDING, ())]
-
-
-def new_client_id(db: Database) -> int:
-    """Issue a new client ID (the prefix of generated workflow IDs)."""
-    return int(db.query(NEW_CLIENT, (time.time(),))[0][0])
 
 
 # --------------------------------------------------------------------------------------
@@ -767,37 +434,3 @@ def run_unit(
             record = end_workflow(db, workflow_id, output=_codec.dumps(final), start=request.start)
             return UnitOutcome(result, record, fresh)
     return UnitOutcome(result, None, fresh)
-
-
-# --------------------------------------------------------------------------------------
-# Retrying conflicts
-# --------------------------------------------------------------------------------------
-
-#: How long a transaction that keeps losing serialization conflicts is retried.
-RETRY_SECONDS = 30.0
-
-
-def retry_attempts(seconds: float = RETRY_SECONDS) -> Iterator[int]:
-    """Attempt numbers 1, 2, ... until ``seconds`` have passed since the first.
-
-    The caller sleeps :func:`backoff_delay` between attempts (with ``time.sleep`` or
-    ``asyncio.sleep``). A time budget, not a count: under heavy contention a transaction
-    may lose many rounds in a row, and giving up then would only move the retry to the
-    caller.
-    """
-    deadline = time.monotonic() + seconds
-    attempt = 0
-    while True:
-        attempt += 1
-        yield attempt
-        if time.monotonic() >= deadline:
-            return
-
-
-def backoff_delay(attempt: int, *, base: float = 0.001, cap: float = 0.1) -> float:
-    """Seconds to wait before retry ``attempt`` (1-based): jittered exponential backoff.
-
-    Full jitter spreads the retries of transactions that conflicted with each other, so
-    they do not collide again in lock step.
-    """
-    return random.uniform(0, min(cap, base * (2 ** min(attempt, 16))))

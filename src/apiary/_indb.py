@@ -1,10 +1,11 @@
 """The in-database runtime: what runs inside PostgreSQL, in PL/Python.
 
 The PostgreSQL engine stores the execution core's source (``_errors``, ``_codec``,
-``_execution``), this module's, the app's modules and the compiled statements in table
-``apiary.code``. The first call of any unit stub in a backend loads them (``boot``) and
-caches the result in PL/Python's ``GD``; every later call runs the unit at once. A new app
-version is loaded on the next call that names it, without restarting the server.
+``_database``, ``_bookkeeping``, ``_execution``), this module's, the app's modules and
+the compiled statements in table ``apiary.code``. The first call of any unit stub in a
+backend loads them (``boot``) and caches the result in PL/Python's ``GD``; every later
+call runs the unit at once. A new app version is loaded on the next call that names it,
+without restarting the server.
 
 Only the standard library is used: this is the server's own Python (run as the
 ``postgres`` user), which has none of the application's packages. The app's modules see
@@ -24,7 +25,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 #: The execution core, loaded in this order (each imports only the previous ones).
-CORE_MODULES = ("apiary._errors", "apiary._codec", "apiary._execution")
+CORE_MODULES = (
+    "apiary._errors",
+    "apiary._codec",
+    "apiary._database",
+    "apiary._bookkeeping",
+    "apiary._execution",
+)
 
 #: SQLSTATEs the stubs raise. Class ``AP`` is not used by PostgreSQL itself.
 FUNCTION_ERROR_STATE = "AP001"
@@ -216,7 +223,9 @@ class InDatabaseRuntime:
         package = types.ModuleType("apiary")
         package.__path__ = []
         sys.modules["apiary"] = package
-        errors, codec, execution = (importlib.import_module(name) for name in CORE_MODULES)
+        errors, codec, _, bookkeeping, execution = (
+            importlib.import_module(name) for name in CORE_MODULES
+        )
         shim = make_shim(errors, execution, package)
         for name, kind in kinds.items():
             if kind in ("module", "package"):
@@ -227,6 +236,7 @@ class InDatabaseRuntime:
         self.errors = errors
         self.codec = codec
         self.execution = execution
+        self.bookkeeping = bookkeeping
         self.functions = app_object.functions
         statements = json.loads(sources["statements"])
         self.db = PlpyDatabase(
@@ -266,7 +276,7 @@ class InDatabaseRuntime:
         return self.codec.dumps(  # type: ignore[no-any-return]
             {
                 "o": outcome.outputs,
-                "f": execution.encode_record(outcome.finished),
+                "f": self.bookkeeping.encode_record(outcome.finished),
                 "n": outcome.created,
             }
         )
@@ -279,11 +289,11 @@ class InDatabaseRuntime:
             raise ValueError(f"unknown system operation {op!r}")
         args, kwargs = self.codec.loads(payload)
         try:
-            result = getattr(self.execution, op)(self.db, *args, **kwargs)
+            result = getattr(self.bookkeeping, op)(self.db, *args, **kwargs)
         except BaseException as exc:
             self._fail(exc)
             raise
-        return self.codec.dumps(self.execution.encode_result(result))  # type: ignore[no-any-return]
+        return self.codec.dumps(self.bookkeeping.encode_result(result))  # type: ignore[no-any-return]
 
 
 def boot(plpy: Any, app: str, version: str) -> InDatabaseRuntime:

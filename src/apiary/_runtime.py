@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from apiary import _codec, _execution
+from apiary import _bookkeeping, _codec
 from apiary._app import App, FunctionDef, WorkflowDef
 from apiary._engines import DeclaredStatement, Engine, open_engine
 from apiary._errors import ApiaryError, FunctionError, InvalidArgumentsError, NotFoundError
@@ -198,7 +198,7 @@ class Runtime:
 
         Read-only workflows write no status row (nothing needs recording).
         """
-        record = self._engine.system(_execution.get_workflow, workflow_id, write=False)
+        record = self._engine.system(_bookkeeping.get_workflow, workflow_id, write=False)
         if record is None:
             raise NotFoundError(f"no workflow with ID {workflow_id!r}")
         output = _codec.loads(record.output) if record.output is not None else None
@@ -214,8 +214,8 @@ class Runtime:
         """
         finished: list[str] = []
         failures: list[tuple[str, BaseException]] = []
-        for workflow_id in self._engine.system(_execution.list_pending, write=False):
-            record = self._engine.system(_execution.get_workflow, workflow_id, write=False)
+        for workflow_id in self._engine.system(_bookkeeping.list_pending, write=False):
+            record = self._engine.system(_bookkeeping.get_workflow, workflow_id, write=False)
             if record is None or record.finished:
                 continue  # finished meanwhile by another runtime
             if record.name not in self.app.workflows:
@@ -244,7 +244,7 @@ class Runtime:
         if self._client_id is None:
             with self._id_lock:
                 if self._client_id is None:
-                    self._client_id = self._engine.system(_execution.new_client_id, write=True)
+                    self._client_id = self._engine.system(_bookkeeping.new_client_id, write=True)
         return f"{self._client_id}-{next(self._counter)}"
 
     def explain(self, name: str) -> dict[str, Any]:

@@ -18,9 +18,10 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from apiary import _codec, _execution
+from apiary import _bookkeeping, _codec
+from apiary._bookkeeping import WorkflowRecord
 from apiary._errors import FunctionError
-from apiary._execution import StepContext, UnitOutcome, UnitRequest, WorkflowRecord, resolve
+from apiary._execution import StepContext, UnitOutcome, UnitRequest, resolve
 from apiary._plan import Task, WorkflowPlan
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ class WorkflowRun:
         try:
             if plan.status_row and not plan.starts_fused:
                 self.fresh, finished = self.engine.system(
-                    _execution.begin_workflow, self.workflow_id, self.start, write=True
+                    _bookkeeping.begin_workflow, self.workflow_id, self.start, write=True
                 )
                 if finished is not None:
                     return finished.result()
@@ -131,7 +132,7 @@ class WorkflowRun:
                 self._run_concurrently()
             if self.final is None and plan.status_row:
                 self.final = self.engine.system(
-                    _execution.end_workflow,
+                    _bookkeeping.end_workflow,
                     self.workflow_id,
                     output=_codec.dumps(self._result()),
                     write=True,
@@ -140,7 +141,7 @@ class WorkflowRun:
             if not plan.status_row:
                 raise
             self.final = self.engine.system(
-                _execution.end_workflow,
+                _bookkeeping.end_workflow,
                 self.workflow_id,
                 error=_codec.dumps(exc.to_json()),
                 start=self.start,
@@ -156,7 +157,7 @@ class WorkflowRun:
         output: str | None = None
         if task.recorded and not self.fresh:
             finished, output = self.engine.system(
-                _execution.lookup_output, self.workflow_id, self._invocation(task), write=False
+                _bookkeeping.lookup_output, self.workflow_id, self._invocation(task), write=False
             )
         if finished is None and output is None:
             fn, ctx, args = self._step_call(task)
@@ -170,7 +171,7 @@ class WorkflowRun:
             output = self._step_output(task, value)
             if task.recorded and not task.sink_step:
                 finished, output = self.engine.system(
-                    _execution.record_once,
+                    _bookkeeping.record_once,
                     self.workflow_id,
                     self._invocation(task),
                     output,
@@ -223,7 +224,7 @@ class WorkflowRun:
         try:
             if plan.status_row and not plan.starts_fused:
                 self.fresh, finished = await engine.system_async(
-                    _execution.begin_workflow, self.workflow_id, self.start, write=True
+                    _bookkeeping.begin_workflow, self.workflow_id, self.start, write=True
                 )
                 if finished is not None:
                     return finished.result()
@@ -236,7 +237,7 @@ class WorkflowRun:
                 await self._run_concurrently_async()
             if self.final is None and plan.status_row:
                 self.final = await engine.system_async(
-                    _execution.end_workflow,
+                    _bookkeeping.end_workflow,
                     self.workflow_id,
                     output=_codec.dumps(self._result()),
                     write=True,
@@ -245,7 +246,7 @@ class WorkflowRun:
             if not plan.status_row:
                 raise
             self.final = await engine.system_async(
-                _execution.end_workflow,
+                _bookkeeping.end_workflow,
                 self.workflow_id,
                 error=_codec.dumps(exc.to_json()),
                 start=self.start,
@@ -261,7 +262,7 @@ class WorkflowRun:
         output: str | None = None
         if task.recorded and not self.fresh:
             finished, output = await self.engine.system_async(
-                _execution.lookup_output, self.workflow_id, self._invocation(task), write=False
+                _bookkeeping.lookup_output, self.workflow_id, self._invocation(task), write=False
             )
         if finished is None and output is None:
             fn, ctx, args = self._step_call(task)
@@ -276,7 +277,7 @@ class WorkflowRun:
             output = self._step_output(task, value)
             if task.recorded and not task.sink_step:
                 finished, output = await self.engine.system_async(
-                    _execution.record_once,
+                    _bookkeeping.record_once,
                     self.workflow_id,
                     self._invocation(task),
                     output,

@@ -15,8 +15,8 @@ import sqlglot
 from sqlglot import TokenType, exp
 from sqlglot.errors import ParseError, TokenError
 
+from apiary._database import Statement
 from apiary._errors import RegistrationError
-from apiary._execution import Statement
 
 _WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Merge)
 

@@ -2,7 +2,7 @@
 
 An engine opens transactions and runs work inside them, retrying serialization conflicts.
 The work is always a function of the execution core (:mod:`apiary._execution`) applied to
-the engine's :class:`~apiary._execution.Database` adapter: running a unit, or one piece of
+the engine's :class:`~apiary._database.Database` adapter: running a unit, or one piece of
 workflow bookkeeping. Engines differ only in where that function runs (in-process over a
 connection, or inside the database server) and how transactions are opened.
 """
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from apiary._app import AppInfo
-from apiary._execution import Database, Statement, UnitOutcome, UnitRequest, UnitSpec, run_unit
+from apiary._database import Database, Statement
+from apiary._execution import UnitOutcome, UnitRequest, UnitSpec, run_unit
 
 T = TypeVar("T")
 

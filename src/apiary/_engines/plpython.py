@@ -31,11 +31,13 @@ from typing import Any
 
 import psycopg
 
-from apiary import _codec, _errors, _execution, _indb
+from apiary import _bookkeeping, _codec, _database, _errors, _execution, _indb
 from apiary._app import AppInfo
+from apiary._bookkeeping import SYSTEM_STATEMENTS
+from apiary._database import Statement
 from apiary._engines._base import DeclaredStatement
 from apiary._errors import NotInstalledError, RegistrationError
-from apiary._execution import SYSTEM_STATEMENTS, Statement, UnitSpec
+from apiary._execution import UnitSpec
 from apiary._sql import info_of, placeholder_forms
 
 SYSTEM_DDL = """
@@ -85,7 +87,7 @@ CREATE TABLE IF NOT EXISTS apiary.code (
 );
 """
 
-_CORE = (_errors, _codec, _execution)
+_CORE = (_errors, _codec, _database, _bookkeeping, _execution)
 
 
 def _plpython_missing(conn: psycopg.Connection[Any]) -> bool:

@@ -17,7 +17,6 @@ URL options (removed before connecting; others go to libpq):
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import hashlib
@@ -30,10 +29,19 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 import psycopg.errors
 from psycopg.types.string import TextLoader
-from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from apiary import _codec
 from apiary._app import AppInfo
+from apiary._bookkeeping import decode_record, decode_result
+from apiary._database import (
+    RETRY_SECONDS,
+    Database,
+    Statement,
+    TransactionConflict,
+    backoff_delay,
+    retry_attempts,
+)
 from apiary._engines._base import DeclaredStatement, Engine
 from apiary._errors import (
     ApiaryError,
@@ -43,19 +51,7 @@ from apiary._errors import (
     TransactionConflictError,
     WorkflowConflictError,
 )
-from apiary._execution import (
-    RETRY_SECONDS,
-    Database,
-    Statement,
-    TransactionConflict,
-    UnitOutcome,
-    UnitRequest,
-    UnitSpec,
-    backoff_delay,
-    decode_record,
-    decode_result,
-    retry_attempts,
-)
+from apiary._execution import UnitOutcome, UnitRequest, UnitSpec
 from apiary._indb import (
     FUNCTION_ERROR_STATE,
     NOT_INSTALLED_STATE,
@@ -216,7 +212,6 @@ class PostgresEngine(Engine):
         self.pool_timeout = pool_timeout
         self.app: AppInfo | None = None
         self._pool: ConnectionPool[Any] | None = None
-        self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Any]] = {}
         self._stubs: dict[int, tuple[UnitSpec, str]] = {}
         self._closed = False
 
@@ -283,34 +278,6 @@ class PostgresEngine(Engine):
             )
             self._pool.open(wait=False)
         return self._pool
-
-    async def async_pool(self) -> AsyncConnectionPool[Any]:
-        """The event loop's connection pool (one per loop), opened on first use."""
-        loop = asyncio.get_running_loop()
-        pool = self._async_pools.get(loop)
-        if pool is None:
-            for old in [old for old in self._async_pools if old.is_closed()]:
-                del self._async_pools[old]
-
-            async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
-                await conn.execute("SET default_transaction_isolation TO 'serializable'")
-                if self.placement == "db" and self.app is not None:
-                    with contextlib.suppress(psycopg.Error):  # see _configure
-                        await conn.execute(*self._warm_call())
-
-            pool = AsyncConnectionPool(
-                self.conninfo,
-                min_size=self.pool_min,
-                max_size=max(self.pool_max, self.pool_min),
-                kwargs={"autocommit": True, "prepare_threshold": 0},
-                configure=configure,
-                timeout=self.pool_timeout,
-                open=False,
-                name="apiary-async",
-            )
-            await pool.open(wait=False)
-            self._async_pools[loop] = pool
-        return pool
 
     def connect(self) -> psycopg.Connection[Any]:
         """A new connection outside the pool (for install), in autocommit mode."""
@@ -390,23 +357,6 @@ class PostgresEngine(Engine):
             time.sleep(backoff_delay(attempt))
         raise TransactionConflictError(f"a call kept conflicting for {RETRY_SECONDS:.0f} s")
 
-    async def _call_async(self, sql: str, params: tuple[Any, ...], *, repeatable: bool) -> Any:
-        lost = 0
-        for attempt in retry_attempts():
-            try:
-                pool = await self.async_pool()
-                async with pool.connection() as conn:
-                    cursor = await conn.execute(sql, params, prepare=True)
-                    row = await cursor.fetchone()
-                return _codec.loads(row[0]) if row is not None else None
-            except (psycopg.Error, PoolTimeout) as exc:
-                failure = self._call_failure(exc, repeatable, lost)
-                if failure is not None:
-                    raise failure from exc
-                lost += int(not _conflict(exc))
-            await asyncio.sleep(backoff_delay(attempt))
-        raise TransactionConflictError(f"a call kept conflicting for {RETRY_SECONDS:.0f} s")
-
     def _call_failure(self, exc: BaseException, repeatable: bool, lost: int) -> Exception | None:
         """What to raise for a failed call, or ``None`` to retry it."""
         if _conflict(exc):
@@ -428,28 +378,12 @@ class PostgresEngine(Engine):
         data = self._call(sql, params, repeatable=unit.read_only or unit.recorded)
         return UnitOutcome(data["o"], decode_record(data["f"]), data["n"])
 
-    async def run_unit_async(self, unit: UnitSpec, request: UnitRequest) -> UnitOutcome:
-        """:meth:`run_unit` on the event loop (client placement uses the executor)."""
-        if self.placement == "client":
-            return await super().run_unit_async(unit, request)
-        sql, params = self._unit_call(unit, request)
-        data = await self._call_async(sql, params, repeatable=unit.read_only or unit.recorded)
-        return UnitOutcome(data["o"], decode_record(data["f"]), data["n"])
-
     def system(self, op: Callable[..., T], *args: Any, write: bool, **kwargs: Any) -> T:
         """Run a bookkeeping function: in the system procedure (``db``) or here."""
         if self.placement == "client":
             return super().system(op, *args, write=write, **kwargs)
         sql, params = self._system_call(op, args, kwargs)
         return decode_result(self._call(sql, params, repeatable=True))  # type: ignore[no-any-return]
-
-    async def system_async(self, op: Callable[..., T], *args: Any, write: bool, **kwargs: Any) -> T:
-        """:meth:`system` on the event loop."""
-        if self.placement == "client":
-            return await super().system_async(op, *args, write=write, **kwargs)
-        sql, params = self._system_call(op, args, kwargs)
-        result = await self._call_async(sql, params, repeatable=True)
-        return decode_result(result)  # type: ignore[no-any-return]
 
     # -- install ---------------------------------------------------------------------
 
@@ -465,31 +399,9 @@ class PostgresEngine(Engine):
         with self.connect() as conn:
             install(conn, app, statements, units, in_database=self.placement == "db")
 
-    async def aclose(self) -> None:
-        """Close the pools, the running event loop's one properly (awaiting it)."""
-        pool = self._async_pools.pop(asyncio.get_running_loop(), None)
-        if pool is not None:
-            await pool.close()
-        self.close()
-
     def close(self) -> None:
-        """Close the connection pools."""
+        """Close the connection pool."""
         self._closed = True
         if self._pool is not None:
             self._pool.close()
             self._pool = None
-        pools, self._async_pools = self._async_pools, {}
-        for loop, pool in pools.items():
-            if loop.is_running() and not loop.is_closed():
-                try:
-                    running = asyncio.get_running_loop()
-                except RuntimeError:
-                    running = None
-                if running is not loop:
-                    asyncio.run_coroutine_threadsafe(pool.close(), loop).result(timeout=10)
-                    continue
-            # The loop is gone (asyncio.run returned) or is this thread's: nothing can
-            # await the pool's close any more, so end its connections directly.
-            for conn in list(getattr(pool, "_pool", ())):
-                with contextlib.suppress(Exception):
-                    conn.pgconn.finish()

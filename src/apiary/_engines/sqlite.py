@@ -28,6 +28,14 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from apiary._app import AppInfo
+from apiary._database import (
+    RETRY_SECONDS,
+    Database,
+    Statement,
+    TransactionConflict,
+    backoff_delay,
+    retry_attempts,
+)
 from apiary._engines._base import DeclaredStatement, Engine
 from apiary._errors import (
     DatabaseUnavailableError,
@@ -35,15 +43,7 @@ from apiary._errors import (
     RegistrationError,
     TransactionConflictError,
 )
-from apiary._execution import (
-    RETRY_SECONDS,
-    Database,
-    Statement,
-    TransactionConflict,
-    UnitSpec,
-    backoff_delay,
-    retry_attempts,
-)
+from apiary._execution import UnitSpec
 
 T = TypeVar("T")
 
