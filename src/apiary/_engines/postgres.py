@@ -21,6 +21,7 @@ import concurrent.futures
 import contextlib
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -29,7 +30,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 import psycopg.errors
 from psycopg.types.string import TextLoader
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from apiary import _codec
 from apiary._app import AppInfo
@@ -43,6 +43,7 @@ from apiary._database import (
     retry_attempts,
 )
 from apiary._engines._base import DeclaredStatement, Engine
+from apiary._engines.pgpool import ConnectionPool, PoolTimeout
 from apiary._errors import (
     ApiaryError,
     DatabaseUnavailableError,
@@ -211,7 +212,8 @@ class PostgresEngine(Engine):
         self.pool_max = pool_max
         self.pool_timeout = pool_timeout
         self.app: AppInfo | None = None
-        self._pool: ConnectionPool[Any] | None = None
+        self._pool: ConnectionPool | None = None
+        self._pool_lock = threading.Lock()
         self._stubs: dict[int, tuple[UnitSpec, str]] = {}
         self._closed = False
 
@@ -261,23 +263,23 @@ class PostgresEngine(Engine):
         sql = f'SELECT {SYSTEM_SCHEMA}."{system_stub_name(self.app.name)}"(%s, %s, %s)'
         return sql, (self.app.version, "ping", "[[], {}]")
 
-    def pool(self) -> ConnectionPool[Any]:
-        """The connection pool, opened on first use."""
-        if self._pool is None:
-            if self._closed:
-                raise RuntimeError("this runtime is closed")
-            self._pool = ConnectionPool(
-                self.conninfo,
-                min_size=self.pool_min,
-                max_size=max(self.pool_max, self.pool_min),
-                kwargs={"autocommit": True, "prepare_threshold": 0},
-                configure=self._configure,
-                timeout=self.pool_timeout,
-                open=False,
-                name="apiary",
-            )
-            self._pool.open(wait=False)
-        return self._pool
+    def pool(self) -> ConnectionPool:
+        """The connection pool, opened on first use (by exactly one of racing threads)."""
+        pool = self._pool
+        if pool is None:
+            with self._pool_lock:
+                if self._closed:
+                    raise RuntimeError("this runtime is closed")
+                if self._pool is None:
+                    self._pool = ConnectionPool(
+                        self.conninfo,
+                        min_size=self.pool_min,
+                        max_size=self.pool_max,
+                        configure=self._configure,
+                        timeout=self.pool_timeout,
+                    )
+                pool = self._pool
+        return pool
 
     def connect(self) -> psycopg.Connection[Any]:
         """A new connection outside the pool (for install), in autocommit mode."""
@@ -401,7 +403,8 @@ class PostgresEngine(Engine):
 
     def close(self) -> None:
         """Close the connection pool."""
-        self._closed = True
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        with self._pool_lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
