@@ -35,6 +35,8 @@ from collections.abc import Callable
 from typing import Any
 
 _SCALARS = (str, int, float, bool, type(None))
+#: Scalars that need no check (floats must be finite).
+_PLAIN = frozenset({str, int, bool, type(None)})
 
 _encoder = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False
@@ -51,14 +53,16 @@ def _tag(value: Any) -> Any:
         if kind is float and not math.isfinite(value):
             raise TypeError(f"{value!r} is not a JSON value")
         return value
+    # Containers are the hot path (every request and answer): plain items are taken as
+    # they are, without a call per item.
     if kind is list or kind is tuple:
-        return [_tag(item) for item in value]
+        return [item if type(item) in _PLAIN else _tag(item) for item in value]
     if kind is dict:
         out = {}
         for key, item in value.items():
             if type(key) is not str:
                 raise TypeError(f"dict key {key!r} is not a string; JSON objects need string keys")
-            out[key] = _tag(item)
+            out[key] = item if type(item) in _PLAIN else _tag(item)
         if len(out) == 1 and next(iter(out)).startswith("$"):
             return {"$dict": out}
         return out

@@ -132,25 +132,28 @@ class ConnectionPool:
             with contextlib.suppress(Exception):
                 other.close()
 
+    def take(self) -> psycopg.Connection[Any]:
+        """Borrow a connection; hand it back with :meth:`give`, whatever happens."""
+        return self._take()
+
+    def give(self, conn: psycopg.Connection[Any]) -> None:
+        """Return a borrowed connection; a broken one, or one inside a transaction, is
+        closed instead (a broken one also drops the idle ones)."""
+        if conn.broken or conn.closed:
+            self._discard(conn, lost=True)
+        elif conn.info.transaction_status != TransactionStatus.IDLE:
+            self._discard(conn, lost=False)
+        else:
+            self._put(conn)
+
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         """Borrow a connection for the ``with`` block."""
         conn = self._take()
         try:
             yield conn
-        except BaseException:
-            if conn.broken or conn.closed:
-                self._discard(conn, lost=True)
-                raise
-            if conn.info.transaction_status != TransactionStatus.IDLE:
-                self._discard(conn, lost=False)
-                raise
-            self._put(conn)
-            raise
-        if conn.broken or conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
-            self._discard(conn, lost=conn.broken)
-        else:
-            self._put(conn)
+        finally:
+            self.give(conn)
 
     def close(self) -> None:
         """Close idle connections now, and the others when they are returned."""

@@ -315,12 +315,13 @@ class PostgresEngine(Engine):
 
     # -- stored procedure calls (placement=db) ---------------------------------------
 
-    def _stub(self, unit: UnitSpec) -> str:
+    def _stub_call(self, unit: UnitSpec) -> str:
+        """The ``SELECT`` that calls a unit's stored procedure (made once per unit)."""
         found = self._stubs.get(id(unit))
         if found is None:
             assert self.app is not None, "bind() the app first"
-            found = (unit, stub_name(self.app.name, unit))
-            self._stubs[id(unit)] = found
+            sql = f'SELECT {SYSTEM_SCHEMA}."{stub_name(self.app.name, unit)}"(%s, %s)'
+            found = self._stubs[id(unit)] = (unit, sql)  # the unit is kept alive with its id
         return found[1]
 
     def _unit_call(self, unit: UnitSpec, request: UnitRequest) -> tuple[str, tuple[Any, ...]]:
@@ -334,8 +335,7 @@ class PostgresEngine(Engine):
                 "c": request.call_id,
             }
         )
-        sql = f'SELECT {SYSTEM_SCHEMA}."{self._stub(unit)}"(%s, %s)'
-        return sql, (self.app.version, payload)
+        return self._stub_call(unit), (self.app.version, payload)
 
     def _system_call(
         self, op: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -348,8 +348,12 @@ class PostgresEngine(Engine):
         lost = 0
         for attempt in retry_attempts():
             try:
-                with self.pool().connection() as conn:
+                pool = self._pool or self.pool()
+                conn = pool.take()
+                try:
                     row = conn.execute(sql, params, prepare=True).fetchone()
+                finally:
+                    pool.give(conn)
                 return _codec.loads(row[0]) if row is not None else None
             except (psycopg.Error, PoolTimeout) as exc:
                 failure = self._call_failure(exc, repeatable, lost)
