@@ -11,8 +11,8 @@ record modes ``sfr`` (the default), ``all`` and ``none``. The baseline runs the 
 transactions with the same SQL in plain ``sqlite3``: same schema and data, same PRAGMAs
 (WAL, ``synchronous=NORMAL``, ``busy_timeout``, ``foreign_keys``), ``BEGIN IMMEDIATE`` for
 the writes and a deferred ``BEGIN`` for the read. With several threads, each baseline
-thread has its own connection; ``plain sqlite3 + lock`` also queues writers on one Python
-lock (what Apiary's engine does inside a process) instead of SQLite's sleeping busy handler.
+thread has its own connection, and writers wait for each other in SQLite's busy handler,
+as Apiary's do.
 
 Every system gets a fresh database file, preloaded with the same items. Rounds are
 interleaved (A, B, C, A, B, C, ...) after a warm-up, so that drift of the machine hits every
@@ -139,33 +139,27 @@ def plain_connect(path: Path) -> sqlite3.Connection:
 
 
 @contextlib.contextmanager
-def plain_transaction(
-    conn: sqlite3.Connection, *, write: bool, lock: threading.Lock | None
-) -> Iterator[None]:
+def plain_transaction(conn: sqlite3.Connection, *, write: bool) -> Iterator[None]:
     """``BEGIN IMMEDIATE`` (writes) or ``BEGIN`` (reads) ... ``COMMIT``, or ``ROLLBACK``."""
-    guard = lock if (write and lock is not None) else contextlib.nullcontext()
-    with guard:
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
-            yield
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
-def plain_buy(
-    conn: sqlite3.Connection, cart: int, item: int, quantity: int, lock: threading.Lock | None
-) -> int | None:
+def plain_buy(conn: sqlite3.Connection, cart: int, item: int, quantity: int) -> int | None:
     """The workflow's three transactions, hand-written."""
-    with plain_transaction(conn, write=False, lock=lock):
+    with plain_transaction(conn, write=False):
         row = conn.execute(PRICE_SQL, (item,)).fetchone()
     price = None if row is None else int(row[0])
-    with plain_transaction(conn, write=True, lock=lock):
+    with plain_transaction(conn, write=True):
         changed = conn.execute(ADD_TO_CART_SQL, (cart, item, quantity, price)).rowcount
     added = quantity if changed == 1 else 0
-    with plain_transaction(conn, write=True, lock=lock):
+    with plain_transaction(conn, write=True):
         rows = conn.execute(TAKE_STOCK_SQL, (added, item, added)).fetchall()
     return int(rows[0][0]) if rows else None
 
@@ -214,29 +208,19 @@ class PlainSystem(System):
     """Plain ``sqlite3``: a connection per thread; writers wait in SQLite's busy handler."""
 
     name = "plain sqlite3"
-    use_lock = False
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock() if self.use_lock else None
 
     def runner(self) -> Runner:
         conn = plain_connect(self.path)
         self._connections.append(conn)
-        lock = self._lock
-        return lambda cart, item, quantity: plain_buy(conn, cart, item, quantity, lock)
+        return lambda cart, item, quantity: plain_buy(conn, cart, item, quantity)
 
     def close(self) -> None:
         for conn in self._connections:
             conn.close()
-
-
-class LockedPlainSystem(PlainSystem):
-    """Plain ``sqlite3`` whose writers queue on one Python lock, as Apiary's engine does."""
-
-    name = "plain sqlite3 + lock"
-    use_lock = True
 
 
 class ApiarySystem(System):
@@ -289,7 +273,6 @@ class ApiaryNone(ApiarySystem):
 
 SYSTEMS: dict[str, type[System]] = {
     "plain": PlainSystem,
-    "plain-lock": LockedPlainSystem,
     "sfr": ApiarySFR,
     "all": ApiaryAll,
     "none": ApiaryNone,
@@ -431,24 +414,22 @@ def table(results: list[Result]) -> str:
     """The results as a Markdown table, with ratios to the plain baselines."""
     lines = [
         "| threads | system | workflows/s (median) | min - max | p50 ms | p99 ms "
-        "| vs plain sqlite3 | vs plain + lock |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| vs plain sqlite3 |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for threads in sorted({r.threads for r in results}):
         group = [r for r in results if r.threads == threads]
         base = {r.system: r.median(lambda x: x.throughput) for r in group}
         plain = base.get(PlainSystem.name)
-        locked = base.get(LockedPlainSystem.name)
         for r in group:
             tput = r.median(lambda x: x.throughput)
             low = min(x.throughput for x in r.rounds)
             high = max(x.throughput for x in r.rounds)
             ratio = f"{tput / plain:.2f}x" if plain else "-"
-            ratio_locked = f"{tput / locked:.2f}x" if locked else "-"
             lines.append(
                 f"| {threads} | {r.system} | {tput:,.0f} | {low:,.0f} - {high:,.0f} "
                 f"| {r.median(lambda x: x.percentile(50)):.3f} "
-                f"| {r.median(lambda x: x.percentile(99)):.3f} | {ratio} | {ratio_locked} |"
+                f"| {r.median(lambda x: x.percentile(99)):.3f} | {ratio} |"
             )
     return "\n".join(lines)
 
@@ -534,7 +515,7 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         choices=list(SYSTEMS),
         default=list(SYSTEMS),
-        help="systems to run (plain-lock runs only with more than one thread)",
+        help="systems to run",
     )
     parser.add_argument(
         "--profile", type=int, metavar="N", help="profile N Apiary workflows instead"
@@ -553,13 +534,14 @@ def main(argv: list[str] | None = None) -> None:
             profile(args.profile, root, args.top)
             return
         if args.wal_pages:
-            wal_pages([n for n in args.systems if n != "plain-lock"], root)
+            wal_pages(list(args.systems), root)
             return
         print(f"machine: {machine()}", file=sys.stderr)
         results: list[Result] = []
         for threads in args.threads:
-            names = [n for n in args.systems if n != "plain-lock" or threads > 1]
-            results += bench_threads(names, threads, args.seconds, args.rounds, args.warmup, root)
+            results += bench_threads(
+                list(args.systems), threads, args.seconds, args.rounds, args.warmup, root
+            )
     print()
     print(f"Machine: {machine()}")
     print(

@@ -30,6 +30,8 @@ from types import FunctionType, ModuleType
 from typing import Any
 
 import psycopg
+import sqlglot
+import sqlglot.errors
 
 from apiary import _bookkeeping, _codec, _database, _errors, _execution, _indb
 from apiary._app import AppInfo
@@ -112,6 +114,40 @@ def _ensure_plpython(conn: psycopg.Connection[Any]) -> None:
             "(plpython3u is an untrusted language): install as a superuser, or have one run "
             f"CREATE EXTENSION plpython3u first: {exc}"
         ) from exc
+
+
+def _create_schema(conn: psycopg.Connection[Any], app: str, ddl: str) -> None:
+    """Run the app's DDL; DDL written for SQLite (the embedded default) is translated.
+
+    ``INTEGER PRIMARY KEY AUTOINCREMENT``, ``BLOB``, ``REAL``, ``DATETIME`` and the like do
+    not exist in PostgreSQL. The DDL runs as written first; if PostgreSQL refuses it,
+    sqlglot's SQLite-to-PostgreSQL translation is tried before giving up.
+    """
+    try:
+        with conn.transaction():  # a savepoint: a failure leaves the install going
+            conn.execute(ddl)
+        return
+    except psycopg.Error as exc:
+        first = exc
+    try:
+        translated = ";\n".join(sqlglot.transpile(ddl, read="sqlite", write="postgres"))
+    except sqlglot.errors.SqlglotError:
+        translated = ""
+    if translated and translated.strip() != ddl.strip():
+        try:
+            with conn.transaction():
+                conn.execute(translated)
+            return
+        except psycopg.Error as exc:
+            raise RegistrationError(
+                f"app {app!r}: schema statement failed on PostgreSQL: "
+                f"{first.diag.message_primary or first}\n{ddl}\nand so did its translation "
+                f"from SQLite's dialect: {exc.diag.message_primary or exc}\n{translated}"
+            ) from exc
+    raise RegistrationError(
+        f"app {app!r}: schema statement failed on PostgreSQL: "
+        f"{first.diag.message_primary or first}\n{ddl}"
+    ) from first
 
 
 def _infer(conn: psycopg.Connection[Any], function: str, stmt: Statement, text: str) -> list[Any]:
@@ -256,13 +292,7 @@ def install(
                 _ensure_plpython(conn)
             conn.execute(SYSTEM_DDL)
             for ddl in app.schema:
-                try:
-                    conn.execute(ddl)
-                except psycopg.Error as exc:
-                    raise RegistrationError(
-                        f"app {app.name!r}: schema statement failed on PostgreSQL: "
-                        f"{exc.diag.message_primary or exc}\n{ddl}"
-                    ) from exc
+                _create_schema(conn, app.name, ddl)
             compiled: dict[str, list[Any]] = {}
             for declared in statements:
                 stmt = declared.statement
