@@ -13,11 +13,13 @@ from apiary import _errors
 EXPORTED = [
     "ApiaryError",
     "App",
+    "AuthenticationError",
     "DatabaseUnavailableError",
     "FunctionError",
     "InvalidArgumentsError",
     "NotFoundError",
     "NotInstalledError",
+    "PermissionDeniedError",
     "RegistrationError",
     "Runtime",
     "Statement",
@@ -83,6 +85,8 @@ def test_the_error_module_defines_the_documented_errors() -> None:
         "TransactionConflictError",
         "NotInstalledError",
         "DatabaseUnavailableError",
+        "AuthenticationError",
+        "PermissionDeniedError",
     }
 
 

@@ -12,11 +12,13 @@ from apiary._app import App
 from apiary._database import Statement
 from apiary._errors import (
     ApiaryError,
+    AuthenticationError,
     DatabaseUnavailableError,
     FunctionError,
     InvalidArgumentsError,
     NotFoundError,
     NotInstalledError,
+    PermissionDeniedError,
     RegistrationError,
     TransactionConflictError,
     WorkflowConflictError,
@@ -31,11 +33,13 @@ __version__ = "0.1.0"
 __all__ = [
     "ApiaryError",
     "App",
+    "AuthenticationError",
     "DatabaseUnavailableError",
     "FunctionError",
     "InvalidArgumentsError",
     "NotFoundError",
     "NotInstalledError",
+    "PermissionDeniedError",
     "RegistrationError",
     "Runtime",
     "Statement",

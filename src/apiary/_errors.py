@@ -9,7 +9,10 @@ Every error the platform raises on purpose derives from :class:`ApiaryError`::
      ├── WorkflowConflictError     a workflow ID reused with another workflow or other arguments
      ├── FunctionError             application code raised; its transaction was rolled back
      ├── TransactionConflictError  conflicts persisted through every retry; nothing committed
-     └── DatabaseUnavailableError  the database cannot be reached or opened; safe to retry
+     ├── NotInstalledError         the database lacks Apiary's tables: run ``install`` first
+     ├── DatabaseUnavailableError  the database cannot be reached or opened; safe to retry
+     ├── AuthenticationError       an HTTP request without a valid API key (401)
+     └── PermissionDeniedError     an API key whose role does not allow the route (403)
 
 This module imports only the standard library: it is part of the execution core that also
 runs inside PostgreSQL's PL/Python, where only the server's own Python is available.
@@ -99,3 +102,11 @@ class NotInstalledError(ApiaryError):
 
 class DatabaseUnavailableError(ApiaryError):
     """The database cannot be reached or opened. Nothing was committed; safe to retry."""
+
+
+class AuthenticationError(ApiaryError):
+    """An HTTP request carried no API key, or one that is unknown or revoked."""
+
+
+class PermissionDeniedError(ApiaryError):
+    """An API key's role does not allow the route (an invoke key on an admin route)."""

@@ -76,6 +76,28 @@ CREATE TABLE IF NOT EXISTS apiary.clients (
     client_id  BIGSERIAL PRIMARY KEY,
     created_at DOUBLE PRECISION NOT NULL
 );
+CREATE TABLE IF NOT EXISTS apiary.keys (
+    key_id      TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    role        TEXT NOT NULL CHECK (role IN ('invoke', 'admin')),
+    label       TEXT,
+    created_at  DOUBLE PRECISION NOT NULL,
+    revoked_at  DOUBLE PRECISION
+);
+CREATE TABLE IF NOT EXISTS apiary.frontends (
+    frontend_id  TEXT PRIMARY KEY,
+    address      TEXT,
+    started_at   DOUBLE PRECISION NOT NULL,
+    heartbeat_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS apiary.deployments (
+    app         TEXT NOT NULL,
+    version     TEXT NOT NULL,
+    module      TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    deployed_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (app, version)
+);
 CREATE TABLE IF NOT EXISTS apiary.code (
     app          TEXT NOT NULL,
     version      TEXT NOT NULL,

@@ -85,6 +85,28 @@ CREATE TABLE IF NOT EXISTS apiary_clients (
     client_id  INTEGER PRIMARY KEY AUTOINCREMENT,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS apiary_keys (
+    key_id      TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    role        TEXT NOT NULL CHECK (role IN ('invoke', 'admin')),
+    label       TEXT,
+    created_at  REAL NOT NULL,
+    revoked_at  REAL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS apiary_frontends (
+    frontend_id  TEXT PRIMARY KEY,
+    address      TEXT,
+    started_at   REAL NOT NULL,
+    heartbeat_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS apiary_deployments (
+    app         TEXT NOT NULL,
+    version     TEXT NOT NULL,
+    module      TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    deployed_at REAL NOT NULL,
+    PRIMARY KEY (app, version)
+) WITHOUT ROWID;
 """
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
