@@ -21,6 +21,18 @@ from apiary._database import Database, Statement
 from apiary._errors import FunctionError, WorkflowConflictError
 
 
+class VersionMismatch(Exception):
+    """Signal: a ``PENDING`` workflow started on another version of the app.
+
+    Raised only for runtimes that pin versions (the frontend's): it then finishes the
+    workflow on the runtime of ``version``, the code the workflow started with.
+    """
+
+    def __init__(self, version: str) -> None:
+        super().__init__(f"the workflow started on app version {version}")
+        self.version = version
+
+
 class WorkflowRecord:
     """A workflow's status row: ``PENDING``, ``SUCCESS`` (with output) or ``ERROR``."""
 
@@ -206,6 +218,13 @@ def begin_workflow(
             f"{record.inputs}; it cannot be reused for {start['name']!r} with inputs "
             f"{start['inputs']}"
         )
+    if (
+        start.get("pinned")
+        and not record.finished
+        and record.version
+        and record.version != start.get("version")
+    ):
+        raise VersionMismatch(record.version)
     return False, (record if record.finished else None)
 
 

@@ -7,7 +7,7 @@ import inspect
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from apiary import _codec
@@ -65,13 +65,33 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run a workflow and print its result as JSON",
+        usage="apiary run MODULE:APP WORKFLOW [--db URL] [options]\n"
+        "       apiary run WORKFLOW --url URL --key KEY [options]",
         description="Run a workflow to completion and print "
-        '{"workflow_id", "status", "output"} (or "error") as JSON. Exit status 1 if the '
-        "workflow ended in an application error, 2 for other errors.",
+        '{"workflow_id", "status", "output"} (or "error") as JSON: in this process on a '
+        "database (MODULE:APP WORKFLOW --db URL), or through a frontend (WORKFLOW --url "
+        "URL --key KEY, with retries until it answers). Exit status 1 if the workflow "
+        "ended in an application error, 2 for other errors.",
     )
-    run.add_argument("app", metavar="MODULE:APP", help="e.g. examples/hotel.py:app")
-    run.add_argument("workflow", metavar="WORKFLOW", help="workflow name")
+    run.add_argument(
+        "targets",
+        nargs="+",
+        metavar="[MODULE:APP] WORKFLOW",
+        help="the app (with --db) and the workflow's name",
+    )
     _add_db(run)
+    run.add_argument(
+        "--url",
+        action="append",
+        metavar="URL",
+        help="run through the frontend at URL (repeat for fallbacks) instead of --db",
+    )
+    run.add_argument(
+        "--key",
+        default=os.environ.get("APIARY_KEY"),
+        metavar="KEY",
+        help="API key for --url (default: $APIARY_KEY)",
+    )
     run.add_argument(
         "--arg",
         action="append",
@@ -99,18 +119,23 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--record", choices=RECORD_MODES, default="sfr", help="record mode (default: sfr)"
     )
+
+    from apiary._frontend.cli import add_frontend_commands
+    from apiary._frontend.keys import add_keys_commands
+
+    add_frontend_commands(commands, _db_default())
+    add_keys_commands(commands)
     return parser
 
 
-def _parse_args(workflow: Any, pairs: Sequence[str]) -> dict[str, Any]:
-    params = workflow.signature.parameters
+def parse_pairs(pairs: Sequence[str], is_string: Callable[[str], bool]) -> dict[str, Any]:
+    """``--arg KEY=VALUE`` pairs: VALUE is JSON, unless ``is_string(KEY)`` or not JSON."""
     args: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise ApiaryError(f"--arg {pair!r}: expected KEY=VALUE")
-        annotation = params[key].annotation if key in params else inspect.Parameter.empty
-        if annotation in (str, "str"):
+        if is_string(key):
             args[key] = raw
             continue
         try:
@@ -118,6 +143,16 @@ def _parse_args(workflow: Any, pairs: Sequence[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             args[key] = raw  # a bare word is a string
     return args
+
+
+def _parse_args(workflow: Any, pairs: Sequence[str]) -> dict[str, Any]:
+    params = workflow.signature.parameters
+
+    def is_string(key: str) -> bool:
+        annotation = params[key].annotation if key in params else inspect.Parameter.empty
+        return annotation in (str, "str")
+
+    return parse_pairs(pairs, is_string)
 
 
 def render_explain(data: dict[str, Any]) -> str:
@@ -185,6 +220,15 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.url:
+        if len(args.targets) != 1:
+            raise ApiaryError("with --url, give only the WORKFLOW name")
+        from apiary._frontend.cli import run_remote
+
+        return run_remote(args.url, args.key, args.targets[0], args.arg, args.workflow_id)
+    if len(args.targets) != 2:
+        raise ApiaryError("give MODULE:APP WORKFLOW (or WORKFLOW --url URL --key KEY)")
+    args.app, args.workflow = args.targets
     app = load_app(args.app)
     workflow = app.workflows.get(args.workflow)
     if workflow is None:
@@ -217,7 +261,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _install(args)
         if args.command == "run":
             return _run(args)
-        return _explain(args)
+        if args.command == "explain":
+            return _explain(args)
+        if args.command == "keys":
+            from apiary._frontend.keys import run_keys_command
+
+            return run_keys_command(args)
+        from apiary._frontend.cli import run_frontend_command
+
+        return run_frontend_command(args)
     except (ApiaryError, ValueError) as exc:
         print(f"apiary {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

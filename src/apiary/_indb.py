@@ -37,6 +37,7 @@ CORE_MODULES = (
 FUNCTION_ERROR_STATE = "AP001"
 WORKFLOW_CONFLICT_STATE = "AP002"
 NOT_INSTALLED_STATE = "AP003"
+VERSION_MISMATCH_STATE = "AP004"
 SERIALIZATION_FAILURE_STATE = "40001"
 _CONFLICT_STATES = frozenset({"40001", "40P01"})
 #: SQLSTATE classes that are the server's trouble, not the application's: connection
@@ -254,6 +255,8 @@ class InDatabaseRuntime:
             plpy.error(str(exc), detail=json.dumps(exc.to_json()), sqlstate=FUNCTION_ERROR_STATE)
         if isinstance(exc, errors.WorkflowConflictError):
             plpy.error(str(exc), sqlstate=WORKFLOW_CONFLICT_STATE)
+        if isinstance(exc, self.bookkeeping.VersionMismatch):
+            plpy.error(str(exc), detail=exc.version, sqlstate=VERSION_MISMATCH_STATE)
         if isinstance(exc, errors.DatabaseUnavailableError):
             plpy.error(str(exc), sqlstate=getattr(exc, "sqlstate", "53000"))
 

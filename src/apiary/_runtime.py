@@ -15,11 +15,14 @@ from typing import Any
 
 from apiary import _bookkeeping, _codec
 from apiary._app import App, FunctionDef, WorkflowDef
+from apiary._database import Statement
 from apiary._engines import DeclaredStatement, Engine, open_engine
 from apiary._errors import ApiaryError, FunctionError, InvalidArgumentsError, NotFoundError
 from apiary._execution import UnitRequest, UnitSpec
 from apiary._plan import RECORD_MODES, RecordMode, WorkflowPlan, call_unit, compile_plan
 from apiary._scheduler import WorkflowRun
+
+_PING = Statement("SELECT 1", system=True)
 
 #: Longest accepted workflow ID, in characters.
 MAX_WORKFLOW_ID = 256
@@ -50,6 +53,10 @@ class Runtime:
             nothing and gives up exactly-once (benchmarks only).
         max_workers: threads for independent branches and async calls.
         owner: the name this runtime writes into the status rows of workflows it starts.
+        pin_version: resuming a ``PENDING`` workflow that started on another version of
+            the app raises ``VersionMismatch`` instead of finishing it with this code (the
+            frontend then finishes it on the runtime of that version). Off by default: an
+            application restarted with changed code finishes its workflows with that code.
 
     A runtime is safe to use from many threads at once. Close it (or use ``with``).
     """
@@ -62,6 +69,7 @@ class Runtime:
         record: RecordMode = "sfr",
         max_workers: int = 8,
         owner: str | None = None,
+        pin_version: bool = False,
     ) -> None:
         if not isinstance(app, App):
             raise TypeError(f"Runtime needs an apiary.App, not {type(app).__name__}")
@@ -70,6 +78,7 @@ class Runtime:
         self.app = app
         self.url = url
         self.record: RecordMode = record
+        self.pin_version = pin_version
         # Compiling every plan now finds each function's statements, so a misdeclared
         # app fails here, before any database work.
         self._plans: dict[str, WorkflowPlan] = {
@@ -138,7 +147,7 @@ class Runtime:
             raise InvalidArgumentsError(
                 f"workflow_id is {len(workflow_id)} characters; the limit is {MAX_WORKFLOW_ID}"
             )
-        start = None
+        start: dict[str, Any] | None = None
         if plan.status_row:
             start = {
                 "name": name,
@@ -146,6 +155,8 @@ class Runtime:
                 "owner": self.owner,
                 "version": self.version,
             }
+            if self.pin_version:
+                start["pinned"] = True
         return WorkflowRun(
             plan, self._engine, self._engine.functions, workflow_id, params, start, self._pool
         )
@@ -204,6 +215,10 @@ class Runtime:
         output = _codec.loads(record.output) if record.output is not None else None
         error = _codec.loads(record.error) if record.error is not None else None
         return WorkflowStatus(record.workflow_id, record.name, record.status, output, error)
+
+    def ping(self) -> None:
+        """Check that the database answers (raises :class:`DatabaseUnavailableError`)."""
+        self._engine.transact(lambda db: db.query(_PING, ()), write=False)
 
     def recover(self) -> list[str]:
         """Finish every ``PENDING`` workflow (left by a runtime that died); return their IDs.

@@ -33,7 +33,7 @@ from psycopg.types.string import TextLoader
 
 from apiary import _codec
 from apiary._app import AppInfo
-from apiary._bookkeeping import decode_record, decode_result
+from apiary._bookkeeping import VersionMismatch, decode_record, decode_result
 from apiary._database import (
     RETRY_SECONDS,
     Database,
@@ -57,6 +57,7 @@ from apiary._indb import (
     FUNCTION_ERROR_STATE,
     NOT_INSTALLED_STATE,
     UNAVAILABLE_CLASSES,
+    VERSION_MISMATCH_STATE,
     WORKFLOW_CONFLICT_STATE,
 )
 from apiary._sql import info_of, placeholder_forms
@@ -175,6 +176,8 @@ def _translate_call_error(exc: psycopg.Error) -> Exception:
     diag = exc.diag
     if state == FUNCTION_ERROR_STATE:
         return FunctionError.from_json(json.loads(diag.message_detail or "{}"))
+    if state == VERSION_MISMATCH_STATE:
+        return VersionMismatch(diag.message_detail or "")
     message = (diag.message_primary or str(exc)).removeprefix("plpy.Error: ")
     if state == WORKFLOW_CONFLICT_STATE:
         return WorkflowConflictError(message)

@@ -1,0 +1,335 @@
+"""The HTTP API of a frontend (routes and error mapping of docs/FRONTEND.md), on Starlette.
+
+Handlers check the key, then the request (size, JSON, arguments against the workflow's
+signature) before any database work, then run the workflow through the current version's
+runtime. Every error is JSON ``{"error": {"type", "message"}}`` with the status of its
+class; an application error is a 422 whose body is the same on every retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from apiary import _bookkeeping, _codec
+from apiary._bookkeeping import VersionMismatch
+from apiary._errors import (
+    ApiaryError,
+    AuthenticationError,
+    DatabaseUnavailableError,
+    FunctionError,
+    InvalidArgumentsError,
+    NotFoundError,
+    NotInstalledError,
+    PermissionDeniedError,
+    RegistrationError,
+    TransactionConflictError,
+    WorkflowConflictError,
+)
+from apiary._frontend import schema
+from apiary._frontend.frontend import Frontend
+from apiary._frontend.keys import KeyStore, bearer_token
+from apiary._frontend.openapi import openapi_document
+from apiary._runtime import MAX_WORKFLOW_ID, Runtime
+
+log = logging.getLogger("apiary.frontend")
+
+STATUS_OF: list[tuple[type[BaseException], int]] = [
+    (InvalidArgumentsError, 400),
+    (RegistrationError, 400),
+    (AuthenticationError, 401),
+    (PermissionDeniedError, 403),
+    (NotFoundError, 404),
+    (WorkflowConflictError, 409),
+    (FunctionError, 422),
+    (DatabaseUnavailableError, 503),
+    (TransactionConflictError, 503),
+    (NotInstalledError, 503),
+]
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class BodyTooLarge(InvalidArgumentsError):
+    """The request body is over the configured limit (413)."""
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON answer through the shared codec (tagged types survive)."""
+    return Response(_codec.dumps(data), status, headers, media_type="application/json")
+
+
+def error_response(exc: BaseException) -> Response:
+    """The JSON error of an exception, with the status of its class."""
+    if isinstance(exc, BodyTooLarge):
+        return json_response({"error": _error_body(exc)}, 413)
+    for cls, status in STATUS_OF:
+        if isinstance(exc, cls):
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            if status == 503:
+                headers = {"Retry-After": "1"}
+            return json_response({"error": _error_body(exc)}, status, headers)
+    if isinstance(exc, ApiaryError):
+        return json_response({"error": _error_body(exc)}, 500)
+    log.exception("unexpected error", exc_info=exc)
+    return json_response(
+        {"error": {"type": "InternalError", "message": "internal error; see the server log"}},
+        500,
+    )
+
+
+def _error_body(exc: BaseException) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    if isinstance(exc, BodyTooLarge):
+        body["type"] = InvalidArgumentsError.__name__
+    if isinstance(exc, FunctionError):
+        body.update(exception=exc.type_name, detail=exc.message, function=exc.function)
+    return body
+
+
+def _guarded(handler: Handler) -> Handler:
+    async def run(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception as exc:
+            return error_response(exc)
+
+    run.__name__ = handler.__name__
+    return run
+
+
+class Api:
+    """The routes of one :class:`Frontend`."""
+
+    def __init__(self, frontend: Frontend) -> None:
+        self.frontend = frontend
+
+    # -- helpers -----------------------------------------------------------------------
+
+    @property
+    def keys(self) -> KeyStore:
+        assert self.frontend.keys is not None, "the frontend has not started"
+        return self.frontend.keys
+
+    async def authorize(self, request: Request, role: str) -> None:
+        token = bearer_token(request.headers.get("authorization"))
+        await self.keys.authorize_async(token, role)
+
+    async def body(self, request: Request) -> Any:
+        limit = self.frontend.config.max_body
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise BodyTooLarge(f"the request body is {declared} bytes; the limit is {limit}")
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > limit:
+                raise BodyTooLarge(f"the request body is over the limit of {limit} bytes")
+        if not data:
+            return {}
+        try:
+            return _codec.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidArgumentsError(f"the request body is not valid JSON: {exc}") from None
+
+    async def blocking(self, work: Callable[..., Any], *args: Any) -> Any:
+        return await self.frontend.versions.in_executor(work, *args)
+
+    # -- workflows -----------------------------------------------------------------------
+
+    async def run_workflow(self, request: Request) -> Response:
+        await self.authorize(request, "invoke")
+        name = request.path_params["name"]
+        runtime = self.frontend.versions.current
+        workflow = runtime.app.workflows.get(name)
+        if workflow is None:
+            raise NotFoundError(f"no workflow {name!r}")
+        args = schema.check_arguments(workflow, await self.body(request))
+        workflow_id = request.headers.get("idempotency-key")
+        if workflow_id is not None:
+            if not workflow_id or len(workflow_id) > MAX_WORKFLOW_ID or "\x00" in workflow_id:
+                raise InvalidArgumentsError(
+                    f"Idempotency-Key must be 1 to {MAX_WORKFLOW_ID} characters"
+                )
+        else:
+            workflow_id = await self.blocking(runtime._next_id)
+        try:
+            output = await self._run(runtime, name, workflow_id, args)
+        except FunctionError as exc:
+            return json_response(
+                {"workflow_id": workflow_id, "status": "ERROR", "error": _error_body(exc)}, 422
+            )
+        return json_response({"workflow_id": workflow_id, "status": "SUCCESS", "output": output})
+
+    async def _run(self, runtime: Runtime, name: str, workflow_id: str, args: Any) -> Any:
+        for _ in range(3):
+            try:
+                return await runtime.run_async(name, workflow_id=workflow_id, **args)
+            except VersionMismatch as exc:
+                # A retry of a workflow that started on another version finishes there.
+                runtime = await self.blocking(self.frontend.versions.runtime_for, exc.version)
+        raise WorkflowConflictError(f"workflow {workflow_id!r} keeps changing app versions")
+
+    async def workflow_status(self, request: Request) -> Response:
+        await self.authorize(request, "invoke")
+        workflow_id = request.path_params["workflow_id"]
+        status = await self.blocking(self.frontend.versions.current.status, workflow_id)
+        body: dict[str, Any] = {
+            "workflow_id": status.workflow_id,
+            "name": status.name,
+            "status": status.status,
+        }
+        if status.status == "SUCCESS":
+            body["output"] = status.output
+        elif status.status == "ERROR" and status.error is not None:
+            error = FunctionError.from_json(status.error, status.workflow_id)
+            body["error"] = _error_body(error)
+        return json_response(body)
+
+    async def new_client(self, request: Request) -> Response:
+        await self.authorize(request, "invoke")
+        engine = self.frontend.versions.current._engine
+        client_id = await self.blocking(
+            lambda: engine.system(_bookkeeping.new_client_id, write=True)
+        )
+        return json_response({"client_id": client_id})
+
+    async def health(self, request: Request) -> Response:
+        versions = self.frontend.versions
+        try:
+            runtime = versions.current
+            await self.blocking(runtime.ping)
+        except Exception as exc:
+            return json_response({"status": "unavailable", "error": str(exc)}, 503)
+        return json_response(
+            {
+                "status": "ok",
+                "frontend_id": self.frontend.id,
+                "app": runtime.app.name,
+                "version": runtime.version,
+            }
+        )
+
+    async def openapi(self, request: Request) -> Response:
+        await self.authorize(request, "invoke")
+        runtime = self.frontend.versions.current
+        return json_response(openapi_document(runtime.app, version=runtime.version))
+
+    # -- admin ---------------------------------------------------------------------------
+
+    async def deploy(self, request: Request) -> Response:
+        await self.authorize(request, "admin")
+        body = await self.body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("source"), str):
+            raise InvalidArgumentsError('deploy takes {"source": "<python>", "module": "<name>"}')
+        module = body.get("module") or "app"
+        if not isinstance(module, str):
+            raise InvalidArgumentsError("module must be a string")
+        deployment = await self.blocking(
+            self.frontend.versions.deploy_source, module, body["source"]
+        )
+        runtime = self.frontend.versions.current
+        return json_response(
+            {
+                "app": runtime.app.name,
+                "version": deployment.version,
+                "module": deployment.module,
+                "workflows": sorted(runtime.app.workflows),
+            }
+        )
+
+    async def list_apps(self, request: Request) -> Response:
+        await self.authorize(request, "admin")
+        versions = self.frontend.versions
+        deployments = await self.blocking(versions.deployments)
+        return json_response(
+            {
+                "app": versions.app_name,
+                "current": versions.current.version,
+                "deployments": [
+                    {"version": d.version, "module": d.module, "deployed_at": d.deployed_at}
+                    for d in deployments
+                ],
+            }
+        )
+
+    async def create_key(self, request: Request) -> Response:
+        await self.authorize(request, "admin")
+        body = await self.body(request)
+        if not isinstance(body, dict):
+            raise InvalidArgumentsError('create a key with {"role": "invoke" | "admin"}')
+        created = await self.blocking(self.keys.create, body.get("role"), body.get("label"))
+        return json_response(created.to_json(), 201)
+
+    async def list_keys(self, request: Request) -> Response:
+        await self.authorize(request, "admin")
+        keys = await self.blocking(self.keys.list)
+        return json_response({"keys": [key.to_json() for key in keys]})
+
+    async def revoke_key(self, request: Request) -> Response:
+        await self.authorize(request, "admin")
+        key_id = request.path_params["key_id"]
+        if not await self.blocking(self.keys.revoke, key_id):
+            raise NotFoundError(f"no active key {key_id!r}")
+        return json_response({"key_id": key_id, "revoked": True})
+
+    # -- the application -----------------------------------------------------------------
+
+    def routes(self) -> list[Route]:
+        g = _guarded
+        return [
+            Route("/v1/workflows/{name}", g(self.run_workflow), methods=["POST"]),
+            Route("/v1/workflows/{workflow_id:path}", g(self.workflow_status), methods=["GET"]),
+            Route("/v1/clients", g(self.new_client), methods=["POST"]),
+            Route("/v1/health", g(self.health), methods=["GET"]),
+            Route("/openapi.json", g(self.openapi), methods=["GET"]),
+            Route("/v1/apps", g(self.deploy), methods=["POST"]),
+            Route("/v1/apps", g(self.list_apps), methods=["GET"]),
+            Route("/v1/keys", g(self.create_key), methods=["POST"]),
+            Route("/v1/keys", g(self.list_keys), methods=["GET"]),
+            Route("/v1/keys/{key_id}", g(self.revoke_key), methods=["DELETE"]),
+        ]
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind = "NotFoundError" if exc.status_code == 404 else "HTTPError"
+    message = (
+        f"no route {request.method} {request.url.path}"
+        if exc.status_code in (404, 405)
+        else str(exc.detail)
+    )
+    return json_response({"error": {"type": kind, "message": message}}, exc.status_code)
+
+
+def create_app(frontend: Frontend) -> Starlette:
+    """The ASGI application of a frontend; starting it starts the frontend."""
+    api = Api(frontend)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, frontend.start)
+        await frontend.start_recovery()
+        try:
+            yield
+        finally:
+            await frontend.stop()
+
+    return Starlette(
+        routes=api.routes(),
+        exception_handlers={HTTPException: _http_error},
+        lifespan=lifespan,
+    )
+
+
+__all__ = ["Api", "create_app", "error_response"]
