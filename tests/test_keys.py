@@ -18,15 +18,13 @@ from apiary import Statement
 from apiary._frontend.keys import (
     KeyInfo,
     KeyStore,
-    add_keys_commands,
-    admin_url,
     bearer_token,
     format_key,
     insert_key,
     new_key,
-    run_keys_command,
     secret_digest,
 )
+from apiary._frontend.keys_cli import add_keys_commands, admin_url, run_keys_command
 from tests.apps import notes
 
 MakeRuntime = Callable[..., apiary.Runtime]

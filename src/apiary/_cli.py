@@ -121,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     from apiary._frontend.cli import add_frontend_commands
-    from apiary._frontend.keys import add_keys_commands
+    from apiary._frontend.keys_cli import add_keys_commands
 
     add_frontend_commands(commands, _db_default())
     add_keys_commands(commands)
@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "explain":
             return _explain(args)
         if args.command == "keys":
-            from apiary._frontend.keys import run_keys_command
+            from apiary._frontend.keys_cli import run_keys_command
 
             return run_keys_command(args)
         from apiary._frontend.cli import run_frontend_command
