@@ -142,3 +142,40 @@ def test_help_is_there_for_every_command(capsys: pytest.CaptureFixture[str]) -> 
             main([command, "--help"])
         assert stopped.value.code == 0
         assert "usage: apiary " + command in capsys.readouterr().out
+
+
+def test_run_and_deploy_through_a_frontend(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from tests.apps import load_example
+    from tests.frontend_support import running_frontend
+
+    db = f"sqlite:///{tmp_path / 'served.db'}"
+    with running_frontend(db, load_example("hotel").app) as served:
+        url, key = served.url, served.invoke
+        opened = ["--arg", "hotel_id=1", "--arg", "first_day=1", "--arg", "days=2"]
+        code, out, _ = run_cli(
+            capsys, "run", "open_hotel", "--url", url, "--key", key, *opened, "--arg", "rooms=1"
+        )
+        assert code == 0, out
+        book = ["--arg", "hotel_id=1", "--arg", "day=1", "--arg", "customer=007"]
+        code, out, _ = run_cli(
+            capsys, "run", "book_room", "--url", url, "--key", key, *book, "--workflow-id", "b1"
+        )
+        assert code == 0
+        assert json.loads(out) == {"workflow_id": "b1", "status": "SUCCESS", "output": True}
+        code, out, _ = run_cli(
+            capsys, "run", "hotel_report", "--url", url, "--key", key, "--arg", "hotel_id=1"
+        )
+        # "007" stayed a string: the frontend's OpenAPI document types customer as one.
+        assert json.loads(out)["output"]["bookings"] == [[1, "007"]]
+
+        source = (ROOT / "examples" / "hotel.py").read_text()
+        changed = tmp_path / "hotel_next.py"
+        changed.write_text(source.replace("booked={booked}", "booked={booked}, again"))
+        code, out, _ = run_cli(capsys, "deploy", str(changed), "--url", url, "--key", served.admin)
+        assert code == 0, out
+        assert json.loads(out)["module"] == "hotel_next"
+        code, _, err = run_cli(capsys, "deploy", str(changed), "--url", url, "--key", key)
+        assert code == 2
+        assert "PermissionDeniedError" in err

@@ -13,7 +13,9 @@ from apiary import _errors
 EXPORTED = [
     "ApiaryError",
     "App",
+    "AsyncClient",
     "AuthenticationError",
+    "Client",
     "DatabaseUnavailableError",
     "FunctionError",
     "InvalidArgumentsError",

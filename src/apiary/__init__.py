@@ -9,6 +9,7 @@ completion, every function taking effect exactly once through crashes and retrie
 """
 
 from apiary._app import App
+from apiary._client import AsyncClient, Client
 from apiary._database import Statement
 from apiary._errors import (
     ApiaryError,
@@ -33,7 +34,9 @@ __version__ = "0.1.0"
 __all__ = [
     "ApiaryError",
     "App",
+    "AsyncClient",
     "AuthenticationError",
+    "Client",
     "DatabaseUnavailableError",
     "FunctionError",
     "InvalidArgumentsError",

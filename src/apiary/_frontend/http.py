@@ -75,7 +75,7 @@ def error_response(exc: BaseException) -> Response:
     for cls, status in STATUS_OF:
         if isinstance(exc, cls):
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-            if status == 503:
+            if isinstance(exc, DatabaseUnavailableError):
                 headers = {"Retry-After": "1"}
             return json_response({"error": _error_body(exc)}, status, headers)
     if isinstance(exc, ApiaryError):
@@ -112,6 +112,9 @@ class Api:
 
     def __init__(self, frontend: Frontend) -> None:
         self.frontend = frontend
+        # Runs in flight here, by workflow ID: a client's retry of a run this frontend is
+        # still executing waits for it instead of starting a second one alongside.
+        self._in_flight: dict[str, tuple[str, asyncio.Future[Any]]] = {}
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -163,12 +166,23 @@ class Api:
         else:
             workflow_id = await self.blocking(runtime._next_id)
         try:
-            output = await self._run(runtime, name, workflow_id, args)
+            output = await self._run_once(runtime, name, workflow_id, args)
         except FunctionError as exc:
             return json_response(
                 {"workflow_id": workflow_id, "status": "ERROR", "error": _error_body(exc)}, 422
             )
         return json_response({"workflow_id": workflow_id, "status": "SUCCESS", "output": output})
+
+    async def _run_once(self, runtime: Runtime, name: str, workflow_id: str, args: Any) -> Any:
+        request = name + _codec.canonical_dumps(args)
+        running = self._in_flight.get(workflow_id)
+        if running is not None and running[0] == request:
+            # shield: a retry that gives up must not cancel the run it joined.
+            return await asyncio.shield(running[1])
+        task = asyncio.ensure_future(self._run(runtime, name, workflow_id, args))
+        self._in_flight[workflow_id] = (request, task)
+        task.add_done_callback(lambda _: self._in_flight.pop(workflow_id, None))
+        return await asyncio.shield(task)
 
     async def _run(self, runtime: Runtime, name: str, workflow_id: str, args: Any) -> Any:
         for _ in range(3):
@@ -209,7 +223,10 @@ class Api:
             runtime = versions.current
             await self.blocking(runtime.ping)
         except Exception as exc:
-            return json_response({"status": "unavailable", "error": str(exc)}, 503)
+            answer = error_response(exc)
+            if answer.status_code != 503:  # whatever broke, the frontend cannot serve
+                answer = json_response({"error": _error_body(exc)}, 503)
+            return answer
         return json_response(
             {
                 "status": "ok",
