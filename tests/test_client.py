@@ -26,15 +26,8 @@ import httpx
 import pytest
 
 import apiary
-from apiary._client import (
-    MAX_BACKOFF,
-    AsyncClient,
-    Client,
-    _Pause,
-    _Protocol,
-    _segment,
-    _Send,
-)
+from apiary._client import AsyncClient, Client
+from apiary._client_protocol import MAX_BACKOFF, _Pause, _Protocol, _segment, _Send
 from apiary._runtime import WorkflowStatus
 from tests.apps import assert_same, client_app
 from tests.frontend_support import RunningFrontend, free_port, running_frontend
