@@ -27,6 +27,7 @@ from apiary._bookkeeping import (
     lookup_output,
     record_output,
 )
+from apiary._capture import ROWS, CapturePlan, UnitTrace
 from apiary._database import Database, Statement, TransactionConflict
 from apiary._errors import DatabaseUnavailableError, FunctionError, RegistrationError
 
@@ -65,6 +66,9 @@ class TxContext:
         "_allowed",
         "_db",
         "_function",
+        "_number",
+        "_plans",
+        "_trace",
         "failed",
         "invocation_id",
         "poisoned",
@@ -78,10 +82,16 @@ class TxContext:
         invocation_id: str | None,
         allowed: frozenset[str] | None = None,
         function: str = "",
+        trace: UnitTrace | None = None,
+        plans: Mapping[str, CapturePlan] | None = None,
+        number: int = 0,
     ) -> None:
         self._db = db
         self._allowed = allowed
         self._function = function
+        self._trace = trace
+        self._plans = plans
+        self._number = number
         self.workflow_id = workflow_id
         self.invocation_id = invocation_id
         #: A serialization conflict happened: the unit must be retried.
@@ -107,11 +117,19 @@ class TxContext:
             )
         return stmt
 
-    def query(self, stmt: Statement, *params: Any) -> list[tuple[Any, ...]]:
-        """Run a declared statement and return all its rows as tuples."""
-        self._check(stmt)
+    def _run(self, stmt: Statement, params: Sequence[Any], want_rows: bool) -> Any:
+        db = self._db
         try:
-            return self._db.query(stmt, params)
+            trace = self._trace
+            plan = None if trace is None or self._plans is None else self._plans.get(stmt.text)
+            if plan is None or trace is None:
+                return db.query(stmt, params) if want_rows else db.execute(stmt, params)
+            if plan.mode == ROWS and plan.variant is not None:
+                rows = trace.rows(self._number, stmt.text, plan, db.query(plan.variant, params))
+                return rows if want_rows else len(rows)
+            result = db.query(stmt, params) if want_rows else db.execute(stmt, params)
+            trace.statement(self._number, stmt.text, plan)
+            return result
         except TransactionConflict:
             self.poisoned = True
             raise
@@ -119,6 +137,12 @@ class TxContext:
             if self.failed is None:
                 self.failed = exc
             raise
+
+    def query(self, stmt: Statement, *params: Any) -> list[tuple[Any, ...]]:
+        """Run a declared statement and return all its rows as tuples."""
+        self._check(stmt)
+        rows: list[tuple[Any, ...]] = self._run(stmt, params, True)
+        return rows
 
     def query_one(self, stmt: Statement, *params: Any) -> tuple[Any, ...] | None:
         """Run a declared statement and return its first row, or ``None``."""
@@ -128,15 +152,8 @@ class TxContext:
     def execute(self, stmt: Statement, *params: Any) -> int:
         """Run a declared statement for its effect; return the number of rows affected."""
         self._check(stmt)
-        try:
-            return self._db.execute(stmt, params)
-        except TransactionConflict:
-            self.poisoned = True
-            raise
-        except Exception as exc:
-            if self.failed is None:
-                self.failed = exc
-            raise
+        count: int = self._run(stmt, params, False)
+        return count
 
     def __repr__(self) -> str:
         return f"TxContext(invocation_id={self.invocation_id!r})"
@@ -209,7 +226,7 @@ def template_nodes(template: Sequence[Any]) -> list[str]:
 class Member:
     """One function call inside a unit: its node ID, function, arguments and statements."""
 
-    __slots__ = ("args", "function", "node", "statements")
+    __slots__ = ("args", "function", "node", "read_only", "statements")
 
     def __init__(
         self,
@@ -217,11 +234,13 @@ class Member:
         function: str,
         args: Mapping[str, Sequence[Any]],
         statements: frozenset[str] | None,
+        read_only: bool = False,
     ) -> None:
         self.node = node
         self.function = function
         self.args = dict(args)
         self.statements = statements
+        self.read_only = read_only
 
 
 class UnitSpec:
@@ -267,7 +286,13 @@ class UnitSpec:
         return {
             "id": self.id,
             "members": [
-                [m.node, m.function, m.args, None if m.statements is None else sorted(m.statements)]
+                [
+                    m.node,
+                    m.function,
+                    m.args,
+                    None if m.statements is None else sorted(m.statements),
+                    m.read_only,
+                ]
                 for m in self.members
             ],
             "read_only": self.read_only,
@@ -281,8 +306,8 @@ class UnitSpec:
     def from_json(cls, data: Mapping[str, Any]) -> UnitSpec:
         """Rebuild a unit from :meth:`to_json` data."""
         members = [
-            Member(node, function, args, None if stmts is None else frozenset(stmts))
-            for node, function, args, stmts in data["members"]
+            Member(node, function, args, None if stmts is None else frozenset(stmts), read_only)
+            for node, function, args, stmts, read_only in data["members"]
         ]
         return cls(
             data["id"],
@@ -305,9 +330,10 @@ class UnitRequest:
         start: for a unit that ``starts`` the workflow, the status row to create:
             ``{"name", "inputs", "owner", "version"}`` (``inputs`` is canonical JSON).
         call_id: invocation ID of a direct call (``workflow_id`` is ``None``).
+        trace: stage what the unit's functions touch (tracing on).
     """
 
-    __slots__ = ("call_id", "inputs", "params", "start", "workflow_id")
+    __slots__ = ("call_id", "inputs", "params", "start", "trace", "workflow_id")
 
     def __init__(
         self,
@@ -316,7 +342,9 @@ class UnitRequest:
         inputs: Mapping[str, Any] | None = None,
         start: Mapping[str, Any] | None = None,
         call_id: str | None = None,
+        trace: bool = False,
     ) -> None:
+        self.trace = trace
         self.workflow_id = workflow_id
         self.params = params
         self.inputs = inputs if inputs is not None else {}
@@ -358,8 +386,12 @@ def run_unit(
     unit: UnitSpec,
     functions: Mapping[str, Callable[..., Any]],
     request: UnitRequest,
+    plans: Mapping[str, CapturePlan] | None = None,
 ) -> UnitOutcome:
     """Run one transaction unit inside the caller's open transaction.
+
+    With ``request.trace`` and capture ``plans``, what the functions touched is staged,
+    in this transaction, as the unit's trace (:mod:`apiary._capture`).
 
     Order: create or check the workflow's status row (``starts``); look up the recorded
     output by invocation ID (``recorded``) and return it without running if found; run the
@@ -386,6 +418,7 @@ def run_unit(
             return UnitOutcome(_codec.loads(recorded))
 
     params = request.params
+    trace = UnitTrace() if request.trace and plans is not None else None
     # Members of a group read each other's outputs, so they join the known values.
     several = len(unit.members) > 1
     known: Mapping[str, Any] = dict(request.inputs) if several else request.inputs
@@ -393,7 +426,10 @@ def run_unit(
     for member in unit.members:
         args = {name: resolve(tpl, params, known) for name, tpl in member.args.items()}
         member_id = request.call_id if workflow_id is None else f"{workflow_id}/{member.node}"
-        ctx = TxContext(db, workflow_id, member_id, member.statements, member.function)
+        number = 0 if trace is None else trace.begin(member_id, member.function, member.read_only)
+        ctx = TxContext(
+            db, workflow_id, member_id, member.statements, member.function, trace, plans, number
+        )
         try:
             value = functions[member.function](ctx, **args)
         except (TransactionConflict, DatabaseUnavailableError):
@@ -423,6 +459,11 @@ def run_unit(
         result[member.node] = value
         if several:
             known[member.node] = value  # type: ignore[index]
+        if trace is not None:
+            trace.end(number)
+
+    if trace is not None:
+        trace.stage(db, workflow_id, invocation_id)
 
     if workflow_id is not None:
         if unit.recorded and not unit.finishes:

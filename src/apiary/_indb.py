@@ -29,6 +29,7 @@ CORE_MODULES = (
     "apiary._errors",
     "apiary._codec",
     "apiary._database",
+    "apiary._capture",
     "apiary._bookkeeping",
     "apiary._execution",
 )
@@ -224,7 +225,7 @@ class InDatabaseRuntime:
         package = types.ModuleType("apiary")
         package.__path__ = []
         sys.modules["apiary"] = package
-        errors, codec, _, bookkeeping, execution = (
+        errors, codec, _, capture, bookkeeping, execution = (
             importlib.import_module(name) for name in CORE_MODULES
         )
         shim = make_shim(errors, execution, package)
@@ -243,6 +244,8 @@ class InDatabaseRuntime:
         self.db = PlpyDatabase(
             plpy, statements, execution.TransactionConflict, errors.DatabaseUnavailableError
         )
+        captures = json.loads(sources.get("captures") or "{}")
+        self.plans = capture.plans_from_json(captures) if captures else None
 
     def _fail(self, exc: BaseException) -> None:
         plpy = self.plpy
@@ -269,10 +272,15 @@ class InDatabaseRuntime:
             cache["version"] = self.version
         data = self.codec.loads(request_text)
         request = execution.UnitRequest(
-            data.get("w"), data.get("p") or {}, data.get("i"), data.get("s"), data.get("c")
+            data.get("w"),
+            data.get("p") or {},
+            data.get("i"),
+            data.get("s"),
+            data.get("c"),
+            bool(data.get("t")),
         )
         try:
-            outcome = execution.run_unit(self.db, unit, self.functions, request)
+            outcome = execution.run_unit(self.db, unit, self.functions, request, self.plans)
         except BaseException as exc:
             self._fail(exc)
             raise

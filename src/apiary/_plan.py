@@ -144,6 +144,7 @@ def compile_plan(app: App, workflow: WorkflowDef, record: RecordMode = "sfr") ->
                         n.function,
                         n.args,
                         _function(app, graph.name, n).statement_texts,
+                        read_only[n.id],
                     )
                     for n in group
                 ],
@@ -200,7 +201,15 @@ def call_unit(defn: FunctionDef) -> UnitSpec:
     """The unit that runs one function directly (``Runtime.call``), outside any workflow."""
     return UnitSpec(
         defn.name,
-        [Member(defn.name, defn.name, {p: ["p", p] for p in defn.params}, defn.statement_texts)],
+        [
+            Member(
+                defn.name,
+                defn.name,
+                {p: ["p", p] for p in defn.params},
+                defn.statement_texts,
+                defn.read_only,
+            )
+        ],
         read_only=defn.read_only,
     )
 

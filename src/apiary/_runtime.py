@@ -15,6 +15,7 @@ from typing import Any
 
 from apiary import _bookkeeping, _codec
 from apiary._app import App, FunctionDef, WorkflowDef
+from apiary._capture import CapturePlan
 from apiary._database import Statement
 from apiary._engines import DeclaredStatement, Engine, open_engine
 from apiary._errors import ApiaryError, FunctionError, InvalidArgumentsError, NotFoundError
@@ -57,6 +58,8 @@ class Runtime:
             the app raises ``VersionMismatch`` instead of finishing it with this code (the
             frontend then finishes it on the runtime of that version). Off by default: an
             application restarted with changed code finishes its workflows with that code.
+        trace: capture every function execution and every row it reads or writes, in
+            its own transaction, into the trace staging table (``docs/TRACING.md``).
 
     A runtime is safe to use from many threads at once. Close it (or use ``with``).
     """
@@ -70,6 +73,7 @@ class Runtime:
         max_workers: int = 8,
         owner: str | None = None,
         pin_version: bool = False,
+        trace: bool = True,
     ) -> None:
         if not isinstance(app, App):
             raise TypeError(f"Runtime needs an apiary.App, not {type(app).__name__}")
@@ -79,6 +83,7 @@ class Runtime:
         self.url = url
         self.record: RecordMode = record
         self.pin_version = pin_version
+        self.trace = trace
         # Compiling every plan now finds each function's statements, so a misdeclared
         # app fails here, before any database work.
         self._plans: dict[str, WorkflowPlan] = {
@@ -102,7 +107,8 @@ class Runtime:
         except BaseException:
             self._pool.shutdown(wait=False)
             raise
-        self._engine.bind(app.info(), app.callables())
+        self._captures = capture_plans(app) if trace else None
+        self._engine.bind(app.info(), app.callables(), self._captures)
         self._client_id: int | None = None
         self._counter = itertools.count(1)
         self._id_lock = threading.Lock()
@@ -119,6 +125,14 @@ class Runtime:
             for name, defn in self.app.functions.items()
             for stmt in defn.statements
         ]
+        # Tracing runs variants of the statements: they must compile too.
+        captures = self._captures or {}
+        declared += [
+            DeclaredStatement(d.function, capture.variant)
+            for d in list(declared)
+            if (capture := captures.get(d.statement.text)) is not None
+            and capture.variant is not None
+        ]
         # Every unit under every record mode, so runtimes of any mode share one install.
         units = list(self._call_units.values())
         for mode in RECORD_MODES:
@@ -126,7 +140,7 @@ class Runtime:
                 plan = self._plans[workflow.name] if mode == self.record else None
                 plan = plan or compile_plan(self.app, workflow, mode)
                 units += [task.unit for task in plan.tasks if task.unit is not None]
-        self._engine.install(self.app.info(), declared, units)
+        self._engine.install(self.app.info(), declared, units, self._captures)
 
     # -- workflows -------------------------------------------------------------------
 
@@ -158,7 +172,14 @@ class Runtime:
             if self.pin_version:
                 start["pinned"] = True
         return WorkflowRun(
-            plan, self._engine, self._engine.functions, workflow_id, params, start, self._pool
+            plan,
+            self._engine,
+            self._engine.functions,
+            workflow_id,
+            params,
+            start,
+            self._pool,
+            trace=self.trace,
         )
 
     def run(self, name: str, /, *, workflow_id: str | None = None, **args: Any) -> Any:
@@ -202,7 +223,8 @@ class Runtime:
             raise NotFoundError(f"app {self.app.name!r} has no function {name!r} (known: {known})")
         params = self._binders[name](args)
         call_id = f"{self._next_id()}/{name}"
-        return self._call_units[name], UnitRequest(None, params, call_id=call_id)
+        request = UnitRequest(None, params, call_id=call_id, trace=self.trace)
+        return self._call_units[name], request
 
     def status(self, workflow_id: str) -> WorkflowStatus:
         """The status row of a workflow run. Raises :class:`NotFoundError` if there is none.
@@ -296,6 +318,20 @@ class Runtime:
 
     def __repr__(self) -> str:
         return f"<apiary Runtime {self.app.name} on {self.url}>"
+
+
+def capture_plans(app: App) -> dict[str, CapturePlan]:
+    """The capture plan of every statement of the app, by text (tracing)."""
+    from apiary._tracing.rewrite import plan_capture
+    from apiary._tracing.tables import tables_of
+
+    tables = tables_of(app.schemas)
+    plans: dict[str, CapturePlan] = {}
+    for defn in app.functions.values():
+        for stmt in defn.statements:
+            if stmt.text not in plans:
+                plans[stmt.text] = plan_capture(stmt.text, tables)
+    return plans
 
 
 class _Binder:

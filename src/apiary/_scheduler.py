@@ -40,6 +40,8 @@ class WorkflowRun:
         params: dict[str, Any],
         start: dict[str, Any] | None,
         pool: concurrent.futures.Executor,
+        *,
+        trace: bool = False,
     ) -> None:
         self.plan = plan
         self.engine = engine
@@ -48,6 +50,7 @@ class WorkflowRun:
         self.params = params
         self.start = start if plan.status_row else None
         self.pool = pool
+        self.trace = trace
         self.outputs: dict[str, Any] = {}
         self.final: WorkflowRecord | None = None
         #: This run created the status row, so nothing was recorded before it.
@@ -62,6 +65,7 @@ class WorkflowRun:
             self.params,
             {node: outputs[node] for node in task.inputs},
             self.start if task.unit is not None and task.unit.starts else None,
+            trace=self.trace,
         )
 
     def _absorb(self, outcome: UnitOutcome) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from apiary._app import AppInfo
+from apiary._capture import CapturePlan
 from apiary._database import Database, Statement
 from apiary._execution import UnitOutcome, UnitRequest, UnitSpec, run_unit
 
@@ -40,10 +41,18 @@ class Engine(ABC):
     def __init__(self, executor: concurrent.futures.Executor) -> None:
         self.executor = executor
         self.functions: Mapping[str, Callable[..., Any]] = {}
+        self.plans: Mapping[str, CapturePlan] | None = None
 
-    def bind(self, app: AppInfo, functions: Mapping[str, Callable[..., Any]]) -> None:
-        """Set the app and its functions (name to Python function) that units call."""
+    def bind(
+        self,
+        app: AppInfo,
+        functions: Mapping[str, Callable[..., Any]],
+        plans: Mapping[str, CapturePlan] | None = None,
+    ) -> None:
+        """Set the app, its functions (name to Python function) that units call, and the
+        capture plans of its statements (by text) when tracing."""
         self.functions = functions
+        self.plans = plans
 
     @abstractmethod
     def install(
@@ -51,11 +60,13 @@ class Engine(ABC):
         app: AppInfo,
         statements: Sequence[DeclaredStatement],
         units: Sequence[UnitSpec] = (),
+        plans: Mapping[str, CapturePlan] | None = None,
     ) -> None:
         """Create system tables and the app's schema; check every statement compiles.
 
-        ``units`` are every transaction unit the app can run (engines that compile
-        units ahead of time, like PostgreSQL's stored procedures, need them).
+        ``statements`` include the variants tracing runs. ``units`` are every transaction
+        unit the app can run and ``plans`` the capture plans (engines that compile units
+        ahead of time, like PostgreSQL's stored procedures, need them).
         """
 
     @abstractmethod
@@ -64,8 +75,10 @@ class Engine(ABC):
 
     def run_unit(self, unit: UnitSpec, request: UnitRequest) -> UnitOutcome:
         """Run a transaction unit as one transaction."""
-        functions = self.functions
-        return self.transact(lambda db: run_unit(db, unit, functions, request), write=unit.writes)
+        functions, plans = self.functions, self.plans
+        return self.transact(
+            lambda db: run_unit(db, unit, functions, request, plans), write=unit.writes
+        )
 
     def system(self, op: Callable[..., T], *args: Any, write: bool, **kwargs: Any) -> T:
         """Run a bookkeeping function of the execution core in one transaction."""

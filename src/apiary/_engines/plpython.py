@@ -24,7 +24,7 @@ import inspect
 import json
 import sys
 import sysconfig
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FunctionType, ModuleType
 from typing import Any
@@ -33,9 +33,10 @@ import psycopg
 import sqlglot
 import sqlglot.errors
 
-from apiary import _bookkeeping, _codec, _database, _errors, _execution, _indb
+from apiary import _bookkeeping, _capture, _codec, _database, _errors, _execution, _indb
 from apiary._app import AppInfo
 from apiary._bookkeeping import SYSTEM_STATEMENTS
+from apiary._capture import STAGE_TRACE, CapturePlan
 from apiary._database import Statement
 from apiary._engines._base import DeclaredStatement
 from apiary._errors import NotInstalledError, RegistrationError
@@ -76,6 +77,13 @@ CREATE TABLE IF NOT EXISTS apiary.clients (
     client_id  BIGSERIAL PRIMARY KEY,
     created_at DOUBLE PRECISION NOT NULL
 );
+CREATE TABLE IF NOT EXISTS apiary.trace_staging (
+    id            BIGSERIAL PRIMARY KEY,
+    workflow_id   TEXT,
+    invocation_id TEXT,
+    payload       TEXT NOT NULL,
+    created_at    DOUBLE PRECISION NOT NULL
+);
 CREATE TABLE IF NOT EXISTS apiary.keys (
     key_id      TEXT PRIMARY KEY,
     secret_hash TEXT NOT NULL,
@@ -111,7 +119,7 @@ CREATE TABLE IF NOT EXISTS apiary.code (
 );
 """
 
-_CORE = (_errors, _codec, _database, _bookkeeping, _execution)
+_CORE = (_errors, _codec, _database, _capture, _bookkeeping, _execution)
 
 
 def _plpython_missing(conn: psycopg.Connection[Any]) -> bool:
@@ -301,6 +309,7 @@ def install(
     app: AppInfo,
     statements: Sequence[DeclaredStatement],
     units: Sequence[UnitSpec],
+    plans: Mapping[str, CapturePlan] | None = None,
     *,
     in_database: bool,
 ) -> None:
@@ -323,10 +332,10 @@ def install(
                     compiled[stmt.text] = _infer(conn, declared.function, stmt, pg_text)
             if not in_database:
                 return
-            for stmt in SYSTEM_STATEMENTS:
+            for stmt in (*SYSTEM_STATEMENTS, STAGE_TRACE):
                 text = placeholder_forms(stmt.text.replace("{sys}", "apiary."))[0]
                 compiled[stmt.text] = _infer(conn, "apiary", stmt, text)
-            _store_code(conn, app, compiled)
+            _store_code(conn, app, compiled, plans or {})
             _create_function(
                 conn,
                 system_stub_name(app.name),
@@ -356,7 +365,12 @@ def install(
         ) from exc
 
 
-def _store_code(conn: psycopg.Connection[Any], app: AppInfo, compiled: dict[str, Any]) -> None:
+def _store_code(
+    conn: psycopg.Connection[Any],
+    app: AppInfo,
+    compiled: dict[str, Any],
+    plans: Mapping[str, CapturePlan],
+) -> None:
     rows: list[tuple[str, str, str, str | None]] = [
         (module.__name__, "core", Path(str(module.__file__)).read_text(), None) for module in _CORE
     ]
@@ -367,6 +381,8 @@ def _store_code(conn: psycopg.Connection[Any], app: AppInfo, compiled: dict[str,
         # The module keeps its __file__ (code may compute paths from it; nothing is read).
         rows.append((name, kind, _module_source(name), getattr(module, "__file__", None)))
     rows.append(("statements", "statements", json.dumps(compiled), None))
+    captures = {text: plan.to_json() for text, plan in plans.items()}
+    rows.append(("captures", "captures", json.dumps(captures), None))
     for ordinal, (name, kind, source, path) in enumerate(rows):
         conn.execute(
             "INSERT INTO apiary.code (app, version, name, kind, ordinal, source, path) "

@@ -34,6 +34,7 @@ from psycopg.types.string import TextLoader
 from apiary import _codec
 from apiary._app import AppInfo
 from apiary._bookkeeping import VersionMismatch, decode_record, decode_result
+from apiary._capture import CapturePlan
 from apiary._database import (
     RETRY_SECONDS,
     Database,
@@ -243,9 +244,15 @@ class PostgresEngine(Engine):
         conninfo = urlunsplit(parts._replace(query=urlencode(passthrough)))
         return cls(conninfo, executor, **options)
 
-    def bind(self, app: AppInfo, functions: Mapping[str, Callable[..., Any]]) -> None:
-        """Set the app (its name and version name the stored procedures) and its functions."""
-        super().bind(app, functions)
+    def bind(
+        self,
+        app: AppInfo,
+        functions: Mapping[str, Callable[..., Any]],
+        plans: Mapping[str, CapturePlan] | None = None,
+    ) -> None:
+        """Set the app (its name and version name the stored procedures), its functions
+        and capture plans."""
+        super().bind(app, functions, plans)
         self.app = app
 
     # -- connections -----------------------------------------------------------------
@@ -336,6 +343,7 @@ class PostgresEngine(Engine):
                 "i": request.inputs,
                 "s": request.start,
                 "c": request.call_id,
+                "t": request.trace,
             }
         )
         return self._stub_call(unit), (self.app.version, payload)
@@ -401,12 +409,13 @@ class PostgresEngine(Engine):
         app: AppInfo,
         statements: Sequence[DeclaredStatement],
         units: Sequence[UnitSpec] = (),
+        plans: Mapping[str, CapturePlan] | None = None,
     ) -> None:
         """Create system tables and the schema; compile units into stored procedures."""
         from apiary._engines.plpython import install
 
         with self.connect() as conn:
-            install(conn, app, statements, units, in_database=self.placement == "db")
+            install(conn, app, statements, units, plans, in_database=self.placement == "db")
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -27,12 +27,13 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from apiary._app import AppInfo
 from apiary._bookkeeping import SYSTEM_STATEMENTS
+from apiary._capture import CapturePlan
 from apiary._database import (
     RETRY_SECONDS,
     Database,
@@ -84,6 +85,13 @@ END;
 CREATE TABLE IF NOT EXISTS apiary_clients (
     client_id  INTEGER PRIMARY KEY AUTOINCREMENT,
     created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS apiary_trace_staging (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    workflow_id   TEXT,
+    invocation_id TEXT,
+    payload       TEXT NOT NULL,
+    created_at    REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS apiary_keys (
     key_id      TEXT PRIMARY KEY,
@@ -346,6 +354,7 @@ class SQLiteEngine(Engine):
         app: AppInfo,
         statements: Sequence[DeclaredStatement],
         units: Sequence[UnitSpec] = (),
+        plans: Mapping[str, CapturePlan] | None = None,
     ) -> None:
         """Create system tables and the app schema; check every statement compiles."""
         conn = self._connect()

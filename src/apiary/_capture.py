@@ -1,0 +1,152 @@
+"""Capturing what each function read and wrote, inside its own transaction (tracing).
+
+At registration every statement gets a *capture plan* (made with sqlglot on the client,
+shipped as JSON into PostgreSQL):
+
+* ``rows``: the statement runs as a variant that returns extra columns at the end of each
+  row: a write (INSERT, UPDATE, DELETE) ``RETURNING`` the written table's columns (the
+  row after an insert or update, before a delete), a read the primary key of every table
+  it reads. The extra columns are cut off before the application sees the rows.
+* ``statement``: the statement is recorded with the tables it touches, without rows
+  (aggregates, DISTINCT, set operations, subqueries: reads that cannot name their rows).
+
+A :class:`UnitTrace` collects, during one unit, one entry per function execution and one
+event per row touched; the unit stages them as one JSON document, with **one** statement,
+in the same transaction: a trace exists exactly when the transaction committed. The
+spooler moves staged documents to the DuckDB trace store.
+
+Part of the execution core: standard library only (it also runs inside PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from apiary import _codec
+from apiary._database import Database, Statement
+
+ROWS, STATEMENT = "rows", "statement"
+
+STAGE_TRACE = Statement(
+    "INSERT INTO {sys}trace_staging (workflow_id, invocation_id, payload, created_at) "
+    "VALUES (?, ?, ?, ?)",
+    system=True,
+)
+
+
+class CapturePlan:
+    """How one statement is captured (see the module docstring); plain data.
+
+    Attributes:
+        mode: ``"rows"`` or ``"statement"``.
+        op: ``read``, ``insert``, ``update`` or ``delete`` (an upsert is ``insert``).
+        tables: every table the statement touches.
+        variant: the statement to run instead (``rows`` mode), returning ``extra``
+            more columns, which ``groups`` split: ``[table, [columns...]]`` each.
+    """
+
+    __slots__ = ("extra", "groups", "mode", "op", "tables", "variant")
+
+    def __init__(
+        self,
+        mode: str,
+        op: str,
+        tables: Sequence[str],
+        variant: Statement | None = None,
+        groups: Sequence[Sequence[Any]] = (),
+    ) -> None:
+        self.mode = mode
+        self.op = op
+        self.tables = list(tables)
+        self.variant = variant
+        self.groups = [(str(table), [str(c) for c in columns]) for table, columns in groups]
+        self.extra = sum(len(columns) for _, columns in self.groups)
+
+    def to_json(self) -> list[Any]:
+        """The plan as JSON data."""
+        text = self.variant.text if self.variant is not None else None
+        return [self.mode, self.op, self.tables, text, [list(g) for g in self.groups]]
+
+    @classmethod
+    def from_json(
+        cls, data: Sequence[Any], statements: Mapping[str, Statement] | None = None
+    ) -> CapturePlan:
+        """Rebuild a plan; ``statements`` maps texts to the already-analysed variants."""
+        mode, op, tables, text, groups = data
+        variant = None
+        if text is not None:
+            variant = (statements or {}).get(text) or Statement(text)
+        return cls(mode, op, tables, variant, groups)
+
+
+class UnitTrace:
+    """What one unit's functions touched, staged at the end of its transaction."""
+
+    __slots__ = ("_index", "events", "functions", "statements")
+
+    def __init__(self) -> None:
+        self.functions: list[list[Any]] = []
+        self.statements: list[list[Any]] = []
+        self.events: list[list[Any]] = []
+        self._index: dict[str, int] = {}
+
+    def begin(self, invocation_id: str | None, function: str, read_only: bool) -> int:
+        """Note a function starting; returns its number within the unit."""
+        self.functions.append([invocation_id, function, time.time(), None, read_only])
+        return len(self.functions) - 1
+
+    def end(self, number: int) -> None:
+        """Note a function returning."""
+        self.functions[number][3] = time.time()
+
+    def _statement(self, text: str, plan: CapturePlan) -> int:
+        found = self._index.get(text)
+        if found is None:
+            found = self._index[text] = len(self.statements)
+            self.statements.append([text, plan.op, plan.tables, [list(g) for g in plan.groups]])
+        return found
+
+    def rows(
+        self, number: int, text: str, plan: CapturePlan, rows: Sequence[Sequence[Any]]
+    ) -> list[tuple[Any, ...]]:
+        """Record the captured columns of ``rows``; return the rows the application sees."""
+        statement = self._statement(text, plan)
+        now = time.time()
+        extra = plan.extra
+        seen: list[tuple[Any, ...]] = []
+        events = self.events
+        for row in rows:
+            captured = row[len(row) - extra :]
+            offset = 0
+            for group, (_, columns) in enumerate(plan.groups):
+                values = list(captured[offset : offset + len(columns)])
+                offset += len(columns)
+                if any(v is not None for v in values):  # an outer join's missing side
+                    events.append([number, now, statement, group, values])
+            if len(row) > extra:  # a write without RETURNING of its own shows no rows
+                seen.append(tuple(row[: len(row) - extra]))
+        if not rows:
+            # Nothing matched: the access still happened (a lookup that found nothing).
+            events.append([number, now, statement, -1, None])
+        return seen
+
+    def statement(self, number: int, text: str, plan: CapturePlan) -> None:
+        """Record a statement that cannot name its rows."""
+        statement = self._statement(text, plan)
+        self.events.append([number, time.time(), statement, -1, None])
+
+    def stage(self, db: Database, workflow_id: str | None, invocation_id: str | None) -> None:
+        """Stage the unit's trace in the current transaction (one statement)."""
+        if not self.functions:
+            return
+        payload = _codec.dumps({"f": self.functions, "s": self.statements, "e": self.events})
+        db.execute(STAGE_TRACE, (workflow_id, invocation_id, payload, time.time()))
+
+
+def plans_from_json(
+    data: Mapping[str, Sequence[Any]], statements: Mapping[str, Statement] | None = None
+) -> dict[str, CapturePlan]:
+    """Capture plans by statement text, from JSON data."""
+    return {text: CapturePlan.from_json(plan, statements) for text, plan in data.items()}
