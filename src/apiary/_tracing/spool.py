@@ -1,0 +1,165 @@
+"""The spooler: moves staged traces from the OLTP database to the DuckDB trace store.
+
+Each committed unit stages one row in ``{sys}trace_staging`` (:mod:`apiary._capture`).
+:meth:`Spooler.spool_once` moves one batch in three steps:
+
+1. read the ``batch`` lowest staged ids (one OLTP read transaction);
+2. store them in DuckDB and record their ids in ``spooled``, in one DuckDB transaction
+   (:meth:`TraceStore.ingest`);
+3. delete exactly those ids from staging (one OLTP write transaction).
+
+Crash safety: a crash before step 2 commits leaves the rows staged; a crash between 2 and
+3 leaves them staged *and* in ``spooled``, so the next spool skips storing them and
+deletes them. Nothing is lost and nothing is stored twice. Staged ids are not in commit
+order (a transaction that took id 7 may commit after the one that took id 8), so the
+spooler never keeps a high-water mark: it deletes the ids it read, and a row committed
+later with a lower id is simply read by a later spool.
+
+DuckDB lets one process at a time open a file for writing. :meth:`Spooler.start` runs a
+background thread only if this process gets the file; when another process holds it,
+that process spools, and ``start`` logs once and returns ``False``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
+
+from apiary._database import Database, Statement
+from apiary._errors import DatabaseUnavailableError
+from apiary._tracing.layout import StagedRow
+from apiary._tracing.store import TraceStore
+
+T = TypeVar("T")
+
+log = logging.getLogger("apiary.trace")
+
+_STAGED = Statement(
+    "SELECT id, workflow_id, invocation_id, payload FROM {sys}trace_staging ORDER BY id LIMIT ?",
+    system=True,
+)
+# One DELETE text for every batch, so that engines prepare it once: ids come in chunks of
+# _CHUNK, the last chunk padded by repeating an id (harmless in IN).
+_CHUNK = 100
+_DELETE = Statement(
+    f"DELETE FROM {{sys}}trace_staging WHERE id IN ({', '.join('?' * _CHUNK)})", system=True
+)
+
+
+class TransactionRunner(Protocol):
+    """What the spooler needs from an engine: run ``work`` in one OLTP transaction."""
+
+    def transact(self, work: Callable[[Database], T], *, write: bool) -> T:
+        """Run ``work(db)`` in one transaction and return its result."""
+        ...
+
+
+class Spooler:
+    """Moves staged traces of ``engine``'s database into ``store``, ``batch`` rows at a time.
+
+    ``engine`` is an engine (``Runtime._engine``) or anything with its ``transact``.
+    Calls are serialized; the background thread (:meth:`start`) uses the same methods.
+    """
+
+    def __init__(self, engine: TransactionRunner, store: TraceStore, batch: int = 1000) -> None:
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, not {batch}")
+        self.engine = engine
+        self.store = store
+        self.batch = batch
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._warned = False
+
+    def spool_once(self) -> int:
+        """Move one batch; return how many staged rows it removed from staging."""
+        with self._lock:
+            found = self.engine.transact(self._read, write=False)
+            if not found:
+                return 0
+            stored = self.store.ingest(found)
+            self._delete(stored)
+            return len(stored)
+
+    def spool_all(self) -> int:
+        """Move batches until staging is empty; return how many rows were moved."""
+        total = 0
+        while True:
+            moved = self.spool_once()
+            total += moved
+            if moved < self.batch:  # the read saw all there was
+                return total
+
+    def _read(self, db: Database) -> list[StagedRow]:
+        rows = db.query(_STAGED, (self.batch,))
+        return [(int(i), w, v, str(p)) for i, w, v, p in rows]
+
+    def _delete(self, ids: Sequence[int]) -> None:
+        """Delete staged rows by id (after they are safely in the store)."""
+
+        def delete(db: Database) -> None:
+            for start in range(0, len(ids), _CHUNK):
+                chunk = list(ids[start : start + _CHUNK])
+                db.execute(_DELETE, chunk + [chunk[0]] * (_CHUNK - len(chunk)))
+
+        if ids:
+            self.engine.transact(delete, write=True)
+
+    # -- background thread -----------------------------------------------------------
+
+    def start(self, interval: float = 1.0) -> bool:
+        """Spool in a daemon thread, every ``interval`` seconds while staging is empty.
+
+        Returns ``False``, doing nothing, if another process holds the store: that
+        process spools. This is logged once per spooler.
+        """
+        if self._thread is not None:
+            return True
+        try:
+            self.store.open()
+        except DatabaseUnavailableError as exc:
+            if not self._warned:
+                self._warned = True
+                log.warning("not spooling traces: another process has the store (%s)", exc)
+            return False
+        self._stopping.clear()
+        self._thread = threading.Thread(
+            target=self._run, args=(interval,), name="apiary-spooler", daemon=True
+        )
+        self._thread.start()
+        return True
+
+    def stop(self) -> None:
+        """Stop the thread, then spool what remains once. The store stays open."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stopping.set()
+        thread.join()
+        self.spool_all()
+
+    @property
+    def running(self) -> bool:
+        """Whether the background thread runs."""
+        return self._thread is not None
+
+    def _run(self, interval: float) -> None:
+        failure: str | None = None
+        while not self._stopping.is_set():
+            try:
+                moved = self.spool_once()
+                failure = None
+            except Exception as exc:  # the database may be down: keep trying
+                if repr(exc) != failure:  # once per distinct failure, not every interval
+                    log.exception("spooling traces failed; retrying every %s s", interval)
+                failure = repr(exc)
+                moved = 0
+            if moved < self.batch:  # staging was drained: wait (a full batch: go on)
+                self._stopping.wait(interval)
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<Spooler {self.store.path!r} batch={self.batch} {state}>"
