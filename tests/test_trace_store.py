@@ -32,8 +32,8 @@ from apiary._database import Database, Statement
 from apiary._errors import DatabaseUnavailableError
 from apiary._tracing.spool import Spooler
 from apiary._tracing.store import TraceStore
-from apiary._tracing.types import duckdb_type
 from apiary._tracing.tables import TableInfo, tables_of
+from apiary._tracing.types import duckdb_type
 from tests.apps import ROOT
 
 STAGING_DDL = (
