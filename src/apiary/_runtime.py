@@ -11,11 +11,15 @@ import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from apiary import _bookkeeping, _codec
 from apiary._app import App, FunctionDef, WorkflowDef
 from apiary._capture import CapturePlan
+
+if TYPE_CHECKING:
+    from apiary._tracing.spool import Spooler
 from apiary._database import Statement
 from apiary._engines import DeclaredStatement, Engine, open_engine
 from apiary._errors import ApiaryError, FunctionError, InvalidArgumentsError, NotFoundError
@@ -24,6 +28,21 @@ from apiary._plan import RECORD_MODES, RecordMode, WorkflowPlan, call_unit, comp
 from apiary._scheduler import WorkflowRun
 
 _PING = Statement("SELECT 1", system=True)
+
+#: The default of ``Runtime(trace_store=...)``: a file beside a SQLite database.
+DEFAULT_STORE = "<default>"
+#: Seconds between the background spooler's rounds.
+SPOOL_INTERVAL = 1.0
+
+
+def _trace_store(url: str) -> str | None:
+    """``<database>-trace.duckdb`` beside a SQLite database file; none for other engines."""
+    if not url.startswith("sqlite:"):
+        return None
+    path = urlsplit(url).path
+    path = path[1:] if path.startswith("/") else path  # as the SQLite engine reads it
+    return f"{path.removesuffix('.db')}-trace.duckdb" if path else None
+
 
 #: Longest accepted workflow ID, in characters.
 MAX_WORKFLOW_ID = 256
@@ -60,6 +79,11 @@ class Runtime:
             application restarted with changed code finishes its workflows with that code.
         trace: capture every function execution and every row it reads or writes, in
             its own transaction, into the trace staging table (``docs/TRACING.md``).
+        trace_store: the DuckDB file a background thread spools staged traces into
+            (opened for each round, so ``apiary trace`` can read it between rounds). By
+            default ``<database>-trace.duckdb`` beside a SQLite database, and none for
+            PostgreSQL (a frontend, or ``apiary trace spool``, spools there). ``None``:
+            this runtime does not spool.
 
     A runtime is safe to use from many threads at once. Close it (or use ``with``).
     """
@@ -74,6 +98,7 @@ class Runtime:
         owner: str | None = None,
         pin_version: bool = False,
         trace: bool = True,
+        trace_store: str | None = DEFAULT_STORE,
     ) -> None:
         if not isinstance(app, App):
             raise TypeError(f"Runtime needs an apiary.App, not {type(app).__name__}")
@@ -109,6 +134,9 @@ class Runtime:
             raise
         self._captures = capture_plans(app) if trace else None
         self._engine.bind(app.info(), app.callables(), self._captures)
+        self.trace_store = _trace_store(url) if trace_store == DEFAULT_STORE else trace_store
+        self._spooler: Spooler | None = None
+        self._spooler_lock = threading.Lock()
         self._client_id: int | None = None
         self._counter = itertools.count(1)
         self._id_lock = threading.Lock()
@@ -141,6 +169,7 @@ class Runtime:
                 plan = plan or compile_plan(self.app, workflow, mode)
                 units += [task.unit for task in plan.tasks if task.unit is not None]
         self._engine.install(self.app.info(), declared, units, self._captures)
+        self._start_spooling()
 
     # -- workflows -------------------------------------------------------------------
 
@@ -195,10 +224,12 @@ class Runtime:
             WorkflowConflictError: ``workflow_id`` names a run with other arguments.
             FunctionError: a function or step raised; the workflow ended ``ERROR``.
         """
+        self._start_spooling()
         return self._prepare(name, workflow_id, args).run()
 
     async def run_async(self, name: str, /, *, workflow_id: str | None = None, **args: Any) -> Any:
         """:meth:`run` for an event loop."""
+        self._start_spooling()
         return await self._prepare(name, workflow_id, args).run_async()
 
     def call(self, name: str, /, **args: Any) -> Any:
@@ -206,12 +237,14 @@ class Runtime:
 
         A direct call is not recorded: calling again runs it again.
         """
+        self._start_spooling()
         unit, request = self._call_request(name, args)
         outcome = self._engine.run_unit(unit, request)
         return (outcome.outputs or {})[name]
 
     async def call_async(self, name: str, /, **args: Any) -> Any:
         """:meth:`call` for an event loop."""
+        self._start_spooling()
         unit, request = self._call_request(name, args)
         outcome = await self._engine.run_unit_async(unit, request)
         return (outcome.outputs or {})[name]
@@ -294,8 +327,44 @@ class Runtime:
 
     # -- lifetime --------------------------------------------------------------------
 
+    # -- tracing ---------------------------------------------------------------------
+
+    def _start_spooling(self) -> None:
+        """Start the background spooler (once), if tracing spools somewhere."""
+        if self._spooler is not None or not self.trace or not self.trace_store:
+            return
+        with self._spooler_lock:
+            if self._spooler is None:
+                self._spooler = self._make_spooler(self.trace_store)
+                self._spooler.start(SPOOL_INTERVAL, release=True)
+
+    def _make_spooler(self, path: str) -> Spooler:
+        from apiary._tracing.spool import Spooler
+        from apiary._tracing.store import TraceStore
+        from apiary._tracing.tables import tables_of
+
+        return Spooler(self._engine, TraceStore(path, tables_of(self.app.schemas)))
+
+    def spool(self, store: str | None = None) -> int:
+        """Move every staged trace into the DuckDB ``store`` now (default: this runtime's
+        ``trace_store``); returns how many units' traces moved."""
+        path = store or self.trace_store
+        if not path:
+            raise ValueError("no trace store: pass a path, or give the runtime trace_store")
+        spooler = self._make_spooler(path)
+        try:
+            return spooler.spool_all()
+        finally:
+            spooler.store.close()
+
     def close(self) -> None:
-        """Release the database connections and worker threads."""
+        """Release the database connections and worker threads (spooling what is staged)."""
+        spooler, self._spooler = self._spooler, None
+        if spooler is not None:
+            try:
+                spooler.stop()
+            finally:
+                spooler.store.close()
         self._pool.shutdown(wait=True)
         self._engine.close()
 

@@ -341,7 +341,10 @@ def _json_kind(value: Any) -> str:
 
 
 def _same_json(a: Any, b: Any) -> bool:
-    """JSON Schema's equality for ``enum``."""
+    """Equality for ``enum``: JSON Schema's, except that an integer is not matched by a
+    float (``2.0`` is refused for ``Literal[2]``, as it is for ``int``)."""
+    if isinstance(a, int) and not isinstance(a, bool) and isinstance(b, float):
+        return False
     return _json_kind(a) == _json_kind(b) and a == b
 
 

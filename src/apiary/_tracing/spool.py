@@ -73,6 +73,7 @@ class Spooler:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._warned = False
+        self._release = False
 
     def spool_once(self) -> int:
         """Move one batch; return how many staged rows it removed from staging."""
@@ -110,21 +111,26 @@ class Spooler:
 
     # -- background thread -----------------------------------------------------------
 
-    def start(self, interval: float = 1.0) -> bool:
+    def start(self, interval: float = 1.0, *, release: bool = False) -> bool:
         """Spool in a daemon thread, every ``interval`` seconds while staging is empty.
 
-        Returns ``False``, doing nothing, if another process holds the store: that
-        process spools. This is logged once per spooler.
+        Without ``release``, the store stays open (locked) while the thread runs, and
+        ``False`` is returned, doing nothing, if another process holds it: that process
+        spools (logged once). With ``release``, the thread opens the store for each round
+        and closes it after, so other processes (``apiary trace``, other spoolers) can
+        open it between rounds; a round that finds it taken waits for the next.
         """
         if self._thread is not None:
             return True
-        try:
-            self.store.open()
-        except DatabaseUnavailableError as exc:
-            if not self._warned:
-                self._warned = True
-                log.warning("not spooling traces: another process has the store (%s)", exc)
-            return False
+        self._release = release
+        if not release:
+            try:
+                self.store.open()
+            except DatabaseUnavailableError as exc:
+                if not self._warned:
+                    self._warned = True
+                    log.warning("not spooling traces: another process has the store (%s)", exc)
+                return False
         self._stopping.clear()
         self._thread = threading.Thread(
             target=self._run, args=(interval,), name="apiary-spooler", daemon=True
@@ -139,7 +145,10 @@ class Spooler:
             return
         self._stopping.set()
         thread.join()
-        self.spool_all()
+        if self._release:
+            self._round()
+        else:
+            self.spool_all()
 
     @property
     def running(self) -> bool:
@@ -150,7 +159,7 @@ class Spooler:
         failure: str | None = None
         while not self._stopping.is_set():
             try:
-                moved = self.spool_once()
+                moved = self._round() if self._release else self.spool_once()
                 failure = None
             except Exception as exc:  # the database may be down: keep trying
                 if repr(exc) != failure:  # once per distinct failure, not every interval
@@ -159,6 +168,18 @@ class Spooler:
                 moved = 0
             if moved < self.batch:  # staging was drained: wait (a full batch: go on)
                 self._stopping.wait(interval)
+
+    def _round(self) -> int:
+        """Open the store, spool until staging is empty, close it (``release`` mode)."""
+        try:
+            self.store.open()
+        except DatabaseUnavailableError:
+            return 0  # another process has it right now: try at the next round
+        try:
+            self.spool_all()
+        finally:
+            self.store.close()
+        return 0
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
