@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -44,7 +45,12 @@ class RunningFrontend:
 def running_frontend(
     db: str, app: apiary.App | None, *, port: int | None = None, **options: float
 ) -> Iterator[RunningFrontend]:
-    """Serve ``app`` on ``db`` until the block ends; keys are created once it is up."""
+    """Serve ``app`` on ``db`` until the block ends; keys are created once it is up.
+
+    Traces are spooled into a temporary DuckDB file unless ``trace_store`` is given.
+    """
+    if "trace_store" not in options:
+        options["trace_store"] = tempfile.mkdtemp(prefix="apiary-trace-") + "/trace.duckdb"  # type: ignore[assignment]
     config = FrontendConfig(db=db, app=app, **options)  # type: ignore[arg-type]
     frontend = Frontend(config, None if app is not None else "hotel")
     port = port or free_port()

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -39,8 +40,9 @@ SEED = int(os.environ.get("APIARY_CRASH_SEED", "7"))
 class FrontendProcess:
     """``apiary serve tests.apps.pipeline:app`` in a process of its own."""
 
-    def __init__(self, db: str, port: int) -> None:
+    def __init__(self, db: str, port: int, trace_store: str) -> None:
         self.db = db
+        self.trace_store = trace_store
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -63,6 +65,8 @@ class FrontendProcess:
                 "1.5",
                 "--log-level",
                 "warning",
+                "--trace-store",
+                self.trace_store,
             ],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
@@ -95,11 +99,12 @@ class FrontendProcess:
 
 @pytest.fixture
 def frontends(
-    make_runtime: MakeRuntime, engine_url: str
+    make_runtime: MakeRuntime, engine_url: str, tmp_path: Path
 ) -> Iterator[tuple[list[FrontendProcess], str, apiary.Runtime]]:
     rt = make_runtime(pipeline.app)
     key = KeyStore(rt).create("invoke", "crash test").key
-    pair = [FrontendProcess(engine_url, free_port()), FrontendProcess(engine_url, free_port())]
+    store = str(tmp_path / "trace.duckdb")  # the two take turns spooling into it
+    pair = [FrontendProcess(engine_url, free_port(), store) for _ in range(2)]
     try:
         for frontend in pair:
             frontend.start()

@@ -72,6 +72,17 @@ def add_frontend_commands(commands: Any, db_default: str) -> None:
         help="a frontend silent this long is dead: others finish its workflows (default: 10)",
     )
     serve.add_argument(
+        "--trace-store",
+        metavar="PATH",
+        help="DuckDB file to spool traces into (default: <database>-trace.duckdb beside a "
+        "SQLite database, ./apiary-trace.duckdb for PostgreSQL)",
+    )
+    serve.add_argument(
+        "--no-spool",
+        action="store_true",
+        help="do not spool traces here (another process does: apiary trace spool)",
+    )
+    serve.add_argument(
         "--log-level",
         default="info",
         choices=["critical", "error", "warning", "info", "debug"],
@@ -110,6 +121,10 @@ def _serve(args: argparse.Namespace) -> int:
         "heartbeat": args.heartbeat,
         "expiry": args.expiry,
     }
+    if args.no_spool:
+        options["trace_store"] = None
+    elif args.trace_store:
+        options["trace_store"] = args.trace_store
     serve(options, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import os
@@ -15,7 +16,10 @@ from apiary._errors import NotFoundError, NotInstalledError, RegistrationError
 from apiary._frontend.keys import KeyStore
 from apiary._frontend.recovery import Recovery
 from apiary._frontend.versions import FIND_DEPLOYMENT, Versions
-from apiary._runtime import Runtime
+from apiary._runtime import DEFAULT_STORE, SPOOL_INTERVAL, Runtime, _trace_store
+from apiary._tracing.spool import Spooler
+from apiary._tracing.store import TraceStore
+from apiary._tracing.tables import tables_of
 
 log = logging.getLogger("apiary.frontend")
 
@@ -36,6 +40,11 @@ class FrontendConfig:
             a frontend (an application's own runtime) is claimed.
         max_workers: threads per app version for database calls and steps.
         address: where this frontend listens (stored with its heartbeat, for operators).
+        trace_store: the DuckDB file this frontend spools traces into (opened per round,
+            so several frontends on one machine take turns); by default
+            ``<database>-trace.duckdb`` beside a SQLite database and
+            ``apiary-trace.duckdb`` in the working directory for PostgreSQL; ``None``:
+            do not spool (another process does).
     """
 
     db: str
@@ -47,6 +56,7 @@ class FrontendConfig:
     orphan_after: float = 60.0
     max_workers: int = 16
     address: str | None = None
+    trace_store: str | None = DEFAULT_STORE
 
 
 class Frontend:
@@ -61,6 +71,7 @@ class Frontend:
         self.versions = Versions(name, config.db, owner=self.id, max_workers=config.max_workers)
         self.keys: KeyStore | None = None
         self.recovery: Recovery | None = None
+        self.spooler: Spooler | None = None
 
     def start(self) -> None:
         """Serve the configured app (deploying it if this version is new), then the
@@ -80,6 +91,13 @@ class Frontend:
             expiry=self.config.expiry,
             orphan_after=self.config.orphan_after,
         )
+        store = self.config.trace_store
+        if store == DEFAULT_STORE:
+            store = _trace_store(self.config.db) or "apiary-trace.duckdb"
+        if store:
+            tables = tables_of(runtime.app.schemas)
+            self.spooler = Spooler(runtime._engine, TraceStore(store, tables))
+            self.spooler.start(SPOOL_INTERVAL, release=True)
         log.info("frontend %s serves app %r version %s", self.id, runtime.app.name, runtime.version)
 
     def _serve_initial(self, app: App) -> None:
@@ -120,7 +138,15 @@ class Frontend:
         self.recovery.start()
 
     async def stop(self) -> None:
-        """Stop recovery, retire the heartbeat, close every runtime."""
+        """Stop recovery, retire the heartbeat, spool what is staged, close every runtime."""
         if self.recovery is not None:
             await self.recovery.stop()
+        spooler, self.spooler = self.spooler, None
+        if spooler is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, spooler.stop)
+            except Exception as exc:
+                log.warning("spooling traces at stop failed: %s", exc)
+            finally:
+                spooler.store.close()
         self.versions.close()

@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 from apiary._frontend.frontend import Frontend, FrontendConfig
 from apiary._frontend.http import create_app
 from apiary._loading import load_app
+from apiary._runtime import DEFAULT_STORE
 
 #: Environment variable carrying the configuration to each worker process.
 CONFIG_VARIABLE = "APIARY_FRONTEND_CONFIG"
@@ -28,6 +29,7 @@ def build(options: dict[str, Any]) -> Starlette:
         expiry=float(options.get("expiry", 10.0)),
         orphan_after=float(options.get("orphan_after", 60.0)),
         address=options.get("address"),
+        trace_store=options.get("trace_store", DEFAULT_STORE),
     )
     return create_app(Frontend(config, options.get("app_name")))
 

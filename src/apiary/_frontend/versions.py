@@ -132,8 +132,14 @@ class Versions:
     def _runtime(self, app: App) -> Runtime:
         # pin_version: a PENDING workflow of another version is handed back to be finished
         # on that version's runtime (see handle_version_mismatch in the HTTP layer).
+        # trace_store=None: the frontend runs one spooler for all versions (Frontend).
         return Runtime(
-            app, self.db_url, owner=self.owner, max_workers=self.max_workers, pin_version=True
+            app,
+            self.db_url,
+            owner=self.owner,
+            max_workers=self.max_workers,
+            pin_version=True,
+            trace_store=None,
         )
 
     @property
