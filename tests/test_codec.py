@@ -108,6 +108,11 @@ def test_bool_stays_bool_and_int_stays_int() -> None:
         datetime.time(3, 4, 5),
         datetime.time(23, 59, 59, 999999),
         datetime.time(3, 4, 5, tzinfo=UTC),
+        # offsets with a fraction of a second (fromisoformat alone drops it)
+        datetime.time(0, 0, tzinfo=datetime.timezone(datetime.timedelta(microseconds=1))),
+        datetime.datetime(
+            2026, 1, 2, 3, 4, 5, 6, tzinfo=datetime.timezone(-datetime.timedelta(seconds=61.5))
+        ),
         b"",
         b"\x00\xffbytes",
         uuid.UUID("12345678-1234-5678-1234-567812345678"),

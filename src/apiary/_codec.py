@@ -32,7 +32,7 @@ import json
 import math
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 _SCALARS = (str, int, float, bool, type(None))
 #: Scalars that need no check (floats must be finite).
@@ -87,11 +87,36 @@ def _tag(value: Any) -> Any:
     raise TypeError(f"a {kind.__name__} is not a JSON value")
 
 
+_Clock = TypeVar("_Clock", datetime.datetime, datetime.time)
+
+
+def _exact_offset(value: _Clock, text: str) -> _Clock:
+    """``value`` parsed from ``text``, with a UTC offset's fraction of a second restored.
+
+    ``fromisoformat`` (Python 3.11) drops the microseconds of an offset such as
+    ``+00:00:00.000001``, which ``isoformat`` writes; such offsets are rare but valid.
+    """
+    if value.tzinfo is None:
+        return value
+    time_part = text.rpartition("T")[2]
+    offset = time_part[max(time_part.rfind("+"), time_part.rfind("-")) :]
+    if "." not in offset:
+        return value
+    hours, minutes, seconds = offset[1:].split(":")
+    delta = datetime.timedelta(
+        hours=int(hours),
+        minutes=int(minutes),
+        seconds=int(seconds[:2]),
+        microseconds=int(seconds[3:].ljust(6, "0")),
+    )
+    return value.replace(tzinfo=datetime.timezone(-delta if offset[0] == "-" else delta))
+
+
 _UNTAG: dict[str, Callable[[Any], Any]] = {
     "$decimal": decimal.Decimal,
-    "$datetime": datetime.datetime.fromisoformat,
+    "$datetime": lambda text: _exact_offset(datetime.datetime.fromisoformat(text), text),
     "$date": datetime.date.fromisoformat,
-    "$time": datetime.time.fromisoformat,
+    "$time": lambda text: _exact_offset(datetime.time.fromisoformat(text), text),
     "$bytes": lambda text: base64.b64decode(text.encode("ascii")),
     "$uuid": uuid.UUID,
 }
