@@ -122,9 +122,11 @@ def _parser() -> argparse.ArgumentParser:
 
     from apiary._frontend.cli import add_frontend_commands
     from apiary._frontend.keys_cli import add_keys_commands
+    from apiary._tracing.cli import add_trace_commands
 
     add_frontend_commands(commands, _db_default())
     add_keys_commands(commands)
+    add_trace_commands(commands, _db_default())
     return parser
 
 
@@ -267,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from apiary._frontend.keys_cli import run_keys_command
 
             return run_keys_command(args)
+        if args.command == "trace":
+            from apiary._tracing.cli import run_trace_command
+
+            return run_trace_command(args)
         from apiary._frontend.cli import run_frontend_command
 
         return run_frontend_command(args)
