@@ -27,7 +27,24 @@ POSTGRES_URL = os.environ.get("APIARY_TEST_POSTGRES_URL", "")
 _default = "sqlite,postgres-db,postgres-client" if POSTGRES_URL else "sqlite"
 ENGINES = [e for e in os.environ.get("APIARY_TEST_ENGINES", _default).split(",") if e]
 TEMPLATE = "apiary_test_template"
-PREFIX = "apiary_t_"
+# Test databases are named apiary_t_<pid>_<random>: a session drops the leftovers of
+# sessions that are gone, never those of a session still running beside it.
+_PREFIX_ALL = "apiary_t_"
+PREFIX = f"{_PREFIX_ALL}{os.getpid()}_"
+
+
+def _gone(name: str) -> bool:
+    """Whether the test session that made database ``name`` has ended."""
+    pid = name[len(_PREFIX_ALL) :].partition("_")[0]
+    if not pid.isdigit():
+        return True  # an older naming
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _with_database(url: str, database: str) -> str:
@@ -46,10 +63,11 @@ def postgres_admin() -> str:
 
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         leftovers = conn.execute(
-            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (PREFIX,)
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (_PREFIX_ALL,)
         ).fetchall()
         for (name,) in leftovers:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            if _gone(name):
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (TEMPLATE,))
         if exists.fetchone() is None:
             conn.execute(f'CREATE DATABASE "{TEMPLATE}"')

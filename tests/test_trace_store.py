@@ -743,3 +743,58 @@ def test_only_one_process_spools(
     spooler.stop()
     assert count(store, "spooled") == 1
     store.close()
+
+
+def test_spoolers_of_one_file_in_one_process_take_turns(tmp_path: Path) -> None:
+    # Two databases' spoolers and a query, all on one trace file in this process: DuckDB
+    # would share one database between them and fail their concurrent transactions.
+    dbs = [tmp_path / "a.db", tmp_path / "b.db"]
+    trace = str(tmp_path / "trace.duckdb")
+    for db in dbs:
+        make_staging(db)
+    spoolers = [Spooler(SqliteEngine(db), TraceStore(trace, TABLES), batch=3) for db in dbs]
+    for spooler in spoolers:
+        assert spooler.start(interval=0.001, release=True)
+    try:
+        for i in range(40):
+            for name, db in zip("ab", dbs, strict=True):
+                stage(db, [(f"{name}{i}", "u", unit_payload(f"{name}{i}", i, 1))])
+            with TraceStore(trace, TABLES) as reader:  # waits for its turn, as spoolers do
+                reader.sql("SELECT count(*) FROM function_invocations")
+    finally:
+        for spooler in spoolers:
+            spooler.stop()
+            spooler.store.close()
+    assert [staged_ids(db) for db in dbs] == [[], []]
+    with TraceStore(trace, TABLES) as store:
+        assert count(store, "function_invocations") == 2 * 40 * 2
+        assert count(store, "spooled") == 80
+
+
+def test_an_open_waits_for_its_turn_then_gives_up(tmp_path: Path) -> None:
+    trace = str(tmp_path / "trace.duckdb")
+    holder = TraceStore(trace, TABLES)
+    holder.open()
+    waiting = TraceStore(trace, TABLES)
+    started = time.monotonic()
+    with pytest.raises(DatabaseUnavailableError, match="open in this process by another"):
+        waiting.open(wait=0.2)
+    assert time.monotonic() - started >= 0.2
+    threading.Timer(0.2, holder.close).start()
+    waiting.open(wait=10)  # gets it once the holder closes
+    assert count(waiting, "spooled") == 0
+    waiting.close()
+
+
+def test_a_database_created_again_is_not_mistaken_for_the_old_one(tmp_path: Path) -> None:
+    # Staging ids start again at 1 in a new database: its rows are new, not "spooled".
+    trace = str(tmp_path / "trace.duckdb")
+    with TraceStore(trace, TABLES) as store:
+        for attempt in range(2):
+            db = tmp_path / f"app-{attempt}.db"
+            make_staging(db)
+            ids = stage(db, [(f"w{attempt}", "u", unit_payload(f"w{attempt}", 1, attempt))])
+            assert ids == [1]
+            assert Spooler(SqliteEngine(db), store).spool_all() == 1
+        assert [f["function"] for f in store.workflow_timeline("w1")] == ["pay", "audit"]
+        assert count(store, "spooled") == 2

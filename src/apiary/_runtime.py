@@ -353,6 +353,7 @@ class Runtime:
             raise ValueError("no trace store: pass a path, or give the runtime trace_store")
         spooler = self._make_spooler(path)
         try:
+            spooler.store.open()  # waits for this process's background round, if any
             return spooler.spool_all()
         finally:
             spooler.store.close()

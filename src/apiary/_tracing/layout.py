@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS function_invocations (
 CREATE TABLE IF NOT EXISTS statement_events (
     ts TIMESTAMP, workflow_id VARCHAR, invocation_id VARCHAR, function VARCHAR,
     op VARCHAR, statement VARCHAR, tables VARCHAR[], staging_id BIGINT, seq INTEGER);
-CREATE TABLE IF NOT EXISTS spooled (staging_id BIGINT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS spooled (
+    staging_id BIGINT, digest BIGINT, PRIMARY KEY (staging_id, digest));
 CREATE TABLE IF NOT EXISTS rejected_payloads (
     staging_id BIGINT, workflow_id VARCHAR, invocation_id VARCHAR, payload VARCHAR,
     error VARCHAR);

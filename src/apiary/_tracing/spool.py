@@ -36,6 +36,9 @@ T = TypeVar("T")
 
 log = logging.getLogger("apiary.trace")
 
+#: Seconds the last round at :meth:`Spooler.stop` waits for a store busy in this process.
+STOP_WAIT = 5.0
+
 _STAGED = Statement(
     "SELECT id, workflow_id, invocation_id, payload FROM {sys}trace_staging ORDER BY id LIMIT ?",
     system=True,
@@ -125,7 +128,7 @@ class Spooler:
         self._release = release
         if not release:
             try:
-                self.store.open()
+                self.store.open(wait=0)
             except DatabaseUnavailableError as exc:
                 if not self._warned:
                     self._warned = True
@@ -146,7 +149,7 @@ class Spooler:
         self._stopping.set()
         thread.join()
         if self._release:
-            self._round()
+            self._round(wait=STOP_WAIT)
         else:
             self.spool_all()
 
@@ -169,12 +172,16 @@ class Spooler:
             if moved < self.batch:  # staging was drained: wait (a full batch: go on)
                 self._stopping.wait(interval)
 
-    def _round(self) -> int:
-        """Open the store, spool until staging is empty, close it (``release`` mode)."""
+    def _round(self, wait: float = 0.0) -> int:
+        """Open the store, spool until staging is empty, close it (``release`` mode).
+
+        If another process, or another store of this process, has the store open, wait
+        up to ``wait`` seconds, then leave the round to the next (or to that holder).
+        """
         try:
-            self.store.open()
+            self.store.open(wait=wait)
         except DatabaseUnavailableError:
-            return 0  # another process has it right now: try at the next round
+            return 0  # someone else has it right now: try at the next round
         try:
             self.spool_all()
         finally:

@@ -19,11 +19,13 @@ Tables (identifiers are quoted; every ``ts`` is a ``TIMESTAMP`` in UTC, without 
 * ``statement_events``: accesses that name no rows (aggregates and other statement-level
   reads, writes to undeclared tables, lookups that found nothing), with the ``tables``
   the statement touches as ``VARCHAR[]``.
-* ``spooled (staging_id PRIMARY KEY)``: every staged row already here. The spooler
-  deletes a staged row only after the DuckDB transaction that stored it committed, and
-  the ids in ``spooled`` commit in that same transaction, so a row found again after a
-  crash between the two is skipped, not stored twice. Staging ids are never reused
-  (``AUTOINCREMENT``, ``bigserial``), so the table only grows, by 8 bytes a unit.
+* ``spooled (staging_id, digest)``: every staged row already here, by id and a 64-bit
+  hash of its payload (:func:`digest`). The spooler deletes a staged row only after the
+  DuckDB transaction that stored it committed, and ``spooled`` gains the row in that
+  same transaction, so a row found again after a crash between the two is skipped, not
+  stored twice. A database never reuses a staging id (``AUTOINCREMENT``, ``bigserial``),
+  but a database deleted and created again starts over at 1: the digest tells its rows
+  from the old ones. The table only grows, by 16 bytes a unit.
 * ``rejected_payloads``: staged rows that could not be stored (malformed payloads), kept
   verbatim with the error, so that one bad row neither blocks the spooler nor is lost.
 
@@ -58,13 +60,19 @@ key correlates with time.
 One process at a time may open a DuckDB file for writing. The file is opened on first
 use (or :meth:`TraceStore.open`); a file locked by another process raises
 :class:`~apiary.DatabaseUnavailableError`. The store holds the lock until :meth:`close`.
+Within one process, DuckDB would share one database between two stores of the same file
+(their transactions then conflict on every row), so stores of one file take turns: one
+open for writing, or any number open read-only; an open waits for its turn (``wait``
+seconds, then :class:`~apiary.DatabaseUnavailableError`).
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -97,6 +105,55 @@ from apiary._tracing.layout import (
 from apiary._tracing.tables import TableInfo
 from apiary._tracing.types import _converter, _Unfit, duckdb_type
 
+#: Seconds an open waits for another store of the same file in this process, by default.
+OPEN_WAIT = 30.0
+
+
+class _Turns:
+    """Which stores of this process have which files open: one writer, or readers."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._writers: dict[str, object] = {}
+        self._readers: dict[str, int] = {}
+
+    def take(self, key: str, read_only: bool, wait: float) -> bool:
+        deadline = time.monotonic() + wait
+        with self._changed:
+            while key in self._writers or (not read_only and self._readers.get(key)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+            if read_only:
+                self._readers[key] = self._readers.get(key, 0) + 1
+            else:
+                self._writers[key] = True
+            return True
+
+    def give_back(self, key: str, read_only: bool) -> None:
+        with self._changed:
+            if read_only:
+                self._readers[key] -= 1
+                if not self._readers[key]:
+                    del self._readers[key]
+            else:
+                del self._writers[key]
+            self._changed.notify_all()
+
+
+_turns = _Turns()
+
+
+def digest(payload: str) -> int:
+    """A staged row's fingerprint (a signed 64-bit hash of its payload).
+
+    ``spooled`` keeps it with the staging id, so that a row of a database recreated since
+    (whose ids start again at 1) is not mistaken for one already stored.
+    """
+    raw = hashlib.blake2b(payload.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(raw, "little", signed=True)
+
 
 class TraceStore:
     """The DuckDB trace store (see the module docstring for its tables).
@@ -123,20 +180,24 @@ class TraceStore:
 
     # -- connection and schema -------------------------------------------------------
 
-    def open(self) -> None:
+    def open(self, wait: float = OPEN_WAIT) -> None:
         """Open the file now (it is otherwise opened on first use).
 
-        Raises :class:`~apiary.DatabaseUnavailableError` if another process holds it.
+        Raises :class:`~apiary.DatabaseUnavailableError` if another process holds it, or
+        if another store of this process still holds it after ``wait`` seconds.
         """
         with self._lock:
-            self._connect()
+            self._connect(wait)
 
     def close(self) -> None:
         """Close the file, releasing its lock. A later call opens it again."""
         with self._lock:
             if self._con is not None:
-                self._con.close()
-                self._con = None
+                try:
+                    self._con.close()
+                finally:
+                    self._con = None
+                    _turns.give_back(self._key, self.read_only)
 
     def __enter__(self) -> TraceStore:
         return self
@@ -149,21 +210,34 @@ class TraceStore:
     ) -> None:
         self.close()
 
-    def _connect(self) -> duckdb.DuckDBPyConnection:
+    @property
+    def _key(self) -> str:
+        return os.path.realpath(self.path)
+
+    def _connect(self, wait: float = OPEN_WAIT) -> duckdb.DuckDBPyConnection:
         if self._con is not None:
             return self._con
+        if not _turns.take(self._key, self.read_only, wait):
+            raise DatabaseUnavailableError(
+                f"trace store {self.path!r} is open in this process by another store "
+                f"(a spooler's round, or a query), still after {wait:g} s"
+            )
         try:
-            con = duckdb.connect(self.path, read_only=self.read_only)
-        except duckdb.IOException as exc:
-            # "Could not set lock on file ...: Conflicting lock is held in ... (PID n)"
-            raise DatabaseUnavailableError(f"trace store {self.path!r}: {exc}") from exc
-        try:
-            con.execute("SET TimeZone = 'UTC'")  # TIMESTAMPTZ values read back in UTC
-            if not self.read_only:
-                con.execute(_SCHEMA)
-            self._load(con)
+            try:
+                con = duckdb.connect(self.path, read_only=self.read_only)
+            except duckdb.IOException as exc:
+                # "Could not set lock on file ...: Conflicting lock is held in ... (PID n)"
+                raise DatabaseUnavailableError(f"trace store {self.path!r}: {exc}") from exc
+            try:
+                con.execute("SET TimeZone = 'UTC'")  # TIMESTAMPTZ values read back in UTC
+                if not self.read_only:
+                    con.execute(_SCHEMA)
+                self._load(con)
+            except BaseException:
+                con.close()
+                raise
         except BaseException:
-            con.close()
+            _turns.give_back(self._key, self.read_only)
             raise
         self._con = con
         return con
@@ -225,8 +299,9 @@ class TraceStore:
     def ingest(self, batch: Iterable[StagedRow]) -> list[int]:
         """Store staged rows ``(staging_id, workflow_id, invocation_id, payload)``.
 
-        In one DuckDB transaction: rows whose ids are already in ``spooled`` are skipped,
-        the others' functions and events are inserted and their ids added to ``spooled``.
+        In one DuckDB transaction: rows already in ``spooled`` (same id and payload
+        :func:`digest`) are skipped, the others' functions and events are inserted and
+        their ids and digests added to ``spooled``.
         Returns every id of ``batch``, all now safely stored (the caller deletes them from
         staging). A malformed payload is kept in ``rejected_payloads`` and counts as stored.
         """
@@ -234,17 +309,18 @@ class TraceStore:
         if not rows:
             return []
         ids = list(rows)
+        digests = {i: digest(str(rows[i][3])) for i in ids}
         with self._lock:
             con = self._connect()
             if self.read_only:
                 raise DatabaseUnavailableError(f"trace store {self.path!r} is open read-only")
             done = con.execute(
-                "SELECT staging_id FROM spooled WHERE staging_id BETWEEN $2 AND $3 "
+                "SELECT staging_id, digest FROM spooled WHERE staging_id BETWEEN $2 AND $3 "
                 "AND staging_id IN (SELECT UNNEST($1::BIGINT[]))",
                 [ids, min(ids), max(ids)],
             ).fetchall()
-            seen = {staging_id for (staging_id,) in done}
-            fresh = [rows[i] for i in ids if i not in seen]
+            seen = set(done)
+            fresh = [rows[i] for i in ids if (i, digests[i]) not in seen]
             if fresh:
                 try:
                     self._store(con, fresh)
@@ -281,9 +357,10 @@ class TraceStore:
             batch.insert(con)
             if rejects:
                 rejects_rows.insert(con)
+            stored = [*rows, *(row for row, _ in rejected)]
             con.execute(
-                "INSERT INTO spooled SELECT UNNEST($1::BIGINT[])",
-                [[row[0] for row in rows] + [row[0] for row, _ in rejected]],
+                "INSERT INTO spooled SELECT UNNEST($1::BIGINT[]), UNNEST($2::BIGINT[])",
+                [[row[0] for row in stored], [digest(str(row[3])) for row in stored]],
             )
             con.execute("COMMIT")
         except BaseException:
