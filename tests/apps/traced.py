@@ -198,3 +198,13 @@ def transfer_then_fail(src: int, dst: int, amount: int):  # type: ignore[no-unty
         left = debit(src, amount)
         failed = credit_then_fail(dst, amount, left)
     return failed
+
+
+@app.workflow
+def review(customer_id: int, min_balance: int, limit: int):  # type: ignore[no-untyped-def]
+    """Read-only: a point read, a range read, a join and an aggregate (independent branches)."""
+    found = get_customer(customer_id)
+    top = richest(min_balance, limit)
+    mine = customer_orders(customer_id)
+    total = order_total(customer_id)
+    return [found, top, mine, total]
