@@ -316,7 +316,9 @@ def render_timeline(workflow_id: str, timeline: Sequence[Mapping[str, Any]]) -> 
     if not timeline:
         return f"workflow {workflow_id}: no traces"
     count = sum(len(f["accesses"]) for f in timeline)
-    lines = [f"workflow {workflow_id}: {len(timeline)} function executions, {count} accesses"]
+    executions = "execution" if len(timeline) == 1 else "executions"
+    accesses = "access" if count == 1 else "accesses"
+    lines = [f"workflow {workflow_id}: {len(timeline)} function {executions}, {count} {accesses}"]
     for number, function in enumerate(timeline, 1):
         unit = function["unit_invocation_id"]
         group = f"  in transaction {unit}" if unit != function["invocation_id"] else ""
