@@ -120,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         "--record", choices=RECORD_MODES, default="sfr", help="record mode (default: sfr)"
     )
 
+    from apiary._bench.cli import add_bench_command
     from apiary._frontend.cli import add_frontend_commands
     from apiary._frontend.keys_cli import add_keys_commands
     from apiary._tracing.cli import add_trace_commands
@@ -127,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     add_frontend_commands(commands, _db_default())
     add_keys_commands(commands)
     add_trace_commands(commands, _db_default())
+    add_bench_command(commands)
     return parser
 
 
@@ -273,6 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from apiary._tracing.cli import run_trace_command
 
             return run_trace_command(args)
+        if args.command == "bench":
+            from apiary._bench.cli import run_bench
+
+            return run_bench(args)
         from apiary._frontend.cli import run_frontend_command
 
         return run_frontend_command(args)
