@@ -125,8 +125,9 @@ class TxContext:
             if plan is None or trace is None:
                 return db.query(stmt, params) if want_rows else db.execute(stmt, params)
             if plan.mode == ROWS and plan.variant is not None:
-                rows = trace.rows(self._number, stmt.text, plan, db.query(plan.variant, params))
-                return rows if want_rows else len(rows)
+                found = db.query(plan.variant, params)  # one row per row read or written
+                rows = trace.rows(self._number, stmt.text, plan, found)
+                return rows if want_rows else len(found)
             result = db.query(stmt, params) if want_rows else db.execute(stmt, params)
             trace.statement(self._number, stmt.text, plan)
             return result
