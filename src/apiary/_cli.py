@@ -285,6 +285,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ApiaryError, ValueError) as exc:
         print(f"apiary {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`apiary trace ... | head`): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover
