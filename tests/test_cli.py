@@ -24,6 +24,8 @@ def test_demo_runs_every_check(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert code == 0, out
     assert "nothing overbooked: yes" in out
     assert "same answer, nothing executed twice: yes" in out
+    assert "one update, by 'demo-ann', none from the replay: yes" in out
+    assert (tmp_path / "demo-trace.duckdb").is_file()
     assert "Demo passed" in out
     assert "check_avail" in out
     assert "recorded" in out
