@@ -22,7 +22,14 @@ DEFAULT_OUT = "bench-results"
 # The names for the help text, without importing the workloads (the apiary command starts
 # faster): tests check that they match WORKLOADS, SYSTEMS and VARIANTS.
 WORKLOADS = ("hotel", "shop", "retwis", "counter")
-SYSTEMS = ("apiary-sqlite", "apiary-pg", "apiary-pg-client", "rpc-baseline", "dbos")
+SYSTEMS = (
+    "apiary-sqlite",
+    "apiary-pg",
+    "apiary-pg-client",
+    "apiary-http",
+    "rpc-baseline",
+    "dbos",
+)
 VARIANTS = ("record-none", "record-sfr", "record-all", "trace-off", "trace-on", "manual-log")
 
 

@@ -1,25 +1,212 @@
-"""Systems other than Apiary: the RPC service baseline and DBOS Transact.
+"""Systems served over HTTP by a process of their own, and DBOS Transact.
 
-Neither is built yet; asking for them reports them as skipped, with the reason, so a
-table never silently lacks a column.
+* ``apiary-http``: ``apiary serve apiary._bench.<workload>:app`` on the PostgreSQL
+  database (``placement=db``), as an operator runs it (tracing on, ``record="sfr"``);
+* ``rpc-baseline``: the conventional service of :mod:`apiary._bench.rpc_service`.
+
+Both are one uvicorn process, started for each client count with a connection pool as
+large as the clients, and driven by the client threads over HTTP/1.1 keep-alive
+connections (one ``httpx.Client`` per thread): the same load generator for both, so
+their ratio is the end-to-end comparison. Their databases are the shared PostgreSQL
+database of the workload, checked with the other PostgreSQL systems.
 """
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from apiary._bench.systems import SkipSystem, System
+from apiary._bench.systems import (
+    Database,
+    PostgresDatabase,
+    Runner,
+    SkipSystem,
+    System,
+    pg_available,
+)
 from apiary._bench.workloads import Workload
+from apiary._runtime import Runtime
 
 if TYPE_CHECKING:
     from apiary._bench.runner import Settings
 
+HTTP_SYSTEMS = ("apiary-http", "rpc-baseline")
 
-def make(name: str, settings: Settings, workload: Workload, work_dir: Path) -> System:
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class HttpSystem(System):
+    """A server process of its own, reached over HTTP by every client thread."""
+
+    def __init__(self, name: str, database: Database, workload: Workload, work_dir: Path) -> None:
+        super().__init__(name, database)
+        self.workload = workload
+        self.work_dir = work_dir
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.headers: dict[str, str] = {}
+        self.clients: list[Any] = []
+        self.log = work_dir / f"{workload.name}-{name}.log"
+
+    def install(self) -> None:
+        # The schema (and Apiary's tables, which the checks read) via client placement.
+        with Runtime(self.workload.app, f"{self.database.url}?placement=client") as runtime:
+            runtime.install()
+
+    def command(self, port: int, clients: int) -> list[str]:
+        """The server's command line."""
+        raise NotImplementedError
+
+    def open(self, clients: int) -> None:
+        import httpx
+
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.command(port, clients), stdout=out, stderr=out, cwd=self.work_dir
+            )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}{self.health}", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                tail = self.log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{self.name}: the server did not come up:\n{tail}")
+            time.sleep(0.2)
+
+    health = "/health"
+
+    def path(self, workflow: str) -> str:
+        """The route of an operation."""
+        return f"/{workflow}"
+
+    def runner(self) -> Runner:
+        import httpx
+
+        client = httpx.Client(base_url=self.url, headers=self.headers, timeout=60)
+        self.clients.append(client)
+        path = self.path
+
+        def run(workflow: str, args: dict[str, Any]) -> Any:
+            answer = client.post(path(workflow), json=args)
+            if answer.status_code != 200:
+                raise RuntimeError(f"HTTP {answer.status_code}: {answer.text[:200]}")
+            return answer.json()["output"]
+
+        return run
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.clients = []
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()  # uvicorn shuts down on SIGTERM
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+class RpcBaseline(HttpSystem):
+    """:mod:`apiary._bench.rpc_service` in a uvicorn process."""
+
+    def command(self, port: int, clients: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "apiary._bench.rpc_service",
+            "--workload",
+            self.workload.name,
+            "--db",
+            self.database.url,
+            "--port",
+            str(port),
+            "--pool",
+            str(clients),
+        ]
+
+
+class ApiaryHttp(HttpSystem):
+    """``apiary serve`` of the workload's app (placement=db), with an invoke key."""
+
+    health = "/v1/health"
+
+    def install(self) -> None:
+        with Runtime(self.workload.app, self.database.url) as runtime:
+            runtime.install()
+        created = subprocess.run(
+            [*apiary_command(), "keys", "create", "--role", "invoke", "--db", self.database.url],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        self.headers = {"Authorization": f"Bearer {created.stdout.strip().splitlines()[-1]}"}
+
+    def command(self, port: int, clients: int) -> list[str]:
+        module = f"apiary._bench.{self.workload.name}:app"
+        db = f"{self.database.url}?pool_min={clients}&pool_max={max(clients, 16)}"
+        return [
+            *apiary_command(),
+            "serve",
+            module,
+            "--db",
+            db,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--trace-store",
+            str(self.work_dir / f"{self.workload.name}-apiary-http-trace.duckdb"),
+        ]
+
+    def path(self, workflow: str) -> str:
+        return f"/v1/workflows/{workflow}"
+
+
+def apiary_command() -> list[str]:
+    """The ``apiary`` command, run with this interpreter (and its import path)."""
+    return [sys.executable, "-c", "import sys; from apiary._cli import main; sys.exit(main())"]
+
+
+def make(
+    name: str,
+    settings: Settings,
+    workload: Workload,
+    work_dir: Path,
+    database: PostgresDatabase | None,
+) -> System:
     """The peer system ``name``, or :class:`SkipSystem` saying why it cannot run."""
-    if name == "rpc-baseline":
-        raise SkipSystem("not built yet: the RPC service baseline (Starlette + psycopg pool)")
+    if name in HTTP_SYSTEMS:
+        pg_available(settings.db_url)
+        try:
+            import httpx  # noqa: F401
+            import starlette  # noqa: F401
+            import uvicorn  # noqa: F401
+        except ImportError as exc:
+            raise SkipSystem(
+                f"{exc.name} is not installed (pip install 'apiary[server]')"
+            ) from None
+        assert database is not None
+        kind = RpcBaseline if name == "rpc-baseline" else ApiaryHttp
+        return kind(name, database, workload, work_dir)
     if name == "dbos":
-        raise SkipSystem("not built yet: the DBOS Transact driver (a subprocess in its own venv)")
+        from apiary._bench.dbos_peer import make_dbos
+
+        return make_dbos(settings, workload, work_dir, database)
     raise SkipSystem(f"unknown system {name!r}")

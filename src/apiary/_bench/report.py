@@ -29,11 +29,22 @@ for _base in ("apiary-sqlite", "apiary-pg", "apiary-pg-client"):
         (f"{_base}:manual-log", f"{_base}:trace-off", "manual logging", "overhead", None),
         (f"{_base}:record-sfr", f"{_base}:record-none", "SFR recording", "overhead", 0.03),
         (f"{_base}:record-all", f"{_base}:record-none", "recording everything", "overhead", None),
+        # trace-off is record-sfr: a run of the tracing variants alone compares with it.
+        (f"{_base}:trace-off", f"{_base}:record-none", "SFR recording", "overhead", 0.03),
     ]
 COMPARISONS += [
     ("apiary-pg", "apiary-pg-client", "placement=db over client", "speed-up", None),
-    ("apiary-pg", "rpc-baseline", "apiary-pg over the RPC baseline", "speed-up", 2.0),
+    ("apiary-http", "rpc-baseline", "end to end over HTTP", "speed-up", 2.0),
+    ("apiary-pg", "rpc-baseline", "in-process apiary-pg over the RPC baseline", "speed-up", None),
     ("apiary-pg", "dbos", "apiary-pg over DBOS", "speed-up", 20.0),
+    ("apiary-pg:trace-off", "dbos", "apiary-pg (tracing off) over DBOS", "speed-up", 20.0),
+    (
+        "apiary-pg:trace-off",
+        "rpc-baseline",
+        "in-process apiary-pg (tracing off) over the RPC baseline",
+        "speed-up",
+        None,
+    ),
 ]
 
 

@@ -24,7 +24,6 @@ from typing import Any, TextIO
 from apiary._bench.systems import (
     APIARY_SYSTEMS,
     ApiarySystem,
-    Database,
     PostgresDatabase,
     SkipSystem,
     SqliteDatabase,
@@ -256,25 +255,29 @@ def make_systems(
     params = outcome.params[workload.name]
     systems: list[System] = []
     pg_database: PostgresDatabase | None = None
+
+    def shared_database() -> PostgresDatabase:
+        nonlocal pg_database
+        pg_available(settings.db_url)
+        assert settings.db_url is not None
+        if pg_database is None:
+            pg_database = PostgresDatabase(settings.db_url, f"apiary_bench_{workload.name}")
+            pg_database.create()
+        return pg_database
+
     for name in settings.systems:
         if name in outcome.skipped:
             continue
         base, _ = split_name(name)
         try:
             if base not in APIARY_SYSTEMS:
-                systems.append(peers.make(name, settings, workload, work_dir))
-                continue
-            if base == "apiary-sqlite":
+                systems.append(peers.make(name, settings, workload, work_dir, shared_database()))
+            elif base == "apiary-sqlite":
                 slug = name.replace(":", "-")
-                database: Database = SqliteDatabase(work_dir / f"{workload.name}-{slug}.db")
+                database = SqliteDatabase(work_dir / f"{workload.name}-{slug}.db")
+                systems.append(ApiarySystem(name, database, workload, work_dir))
             else:
-                pg_available(settings.db_url)
-                assert settings.db_url is not None
-                if pg_database is None:
-                    pg_database = PostgresDatabase(settings.db_url, f"apiary_bench_{workload.name}")
-                    pg_database.create()
-                database = pg_database
-            systems.append(ApiarySystem(name, database, workload, work_dir))
+                systems.append(ApiarySystem(name, shared_database(), workload, work_dir))
         except SkipSystem as exc:
             outcome.skipped[name] = str(exc)
     loaded: set[str] = set()
