@@ -58,6 +58,19 @@ SYSTEM_OPS = (
 )
 
 
+class DataError(ValueError):
+    """A parameter PostgreSQL cannot take: a string with a NUL character.
+
+    PL/Python passes a ``text`` parameter as a C string, so it would silently store only
+    what comes before the first NUL. psycopg (``placement=client``) refuses such a string
+    with a ``DataError`` and this message; here it is refused the same way, so a function
+    fails alike in both placements instead of writing a truncated value.
+    """
+
+
+_NUL_MESSAGE = "PostgreSQL text fields cannot contain NUL (0x00) bytes"
+
+
 class PlpyDatabase:
     """The execution core's adapter over PL/Python's SPI (``plpy``)."""
 
@@ -88,6 +101,9 @@ class PlpyDatabase:
 
     def _run(self, stmt: Any, params: Sequence[Any]) -> Any:
         plan = self._plans.get(stmt.text) or self._plan(stmt.text)
+        for param in params:
+            if type(param) is str and "\x00" in param:
+                raise DataError(_NUL_MESSAGE)
         try:
             return self._plpy.execute(plan, list(params))
         except self._spi_error as exc:

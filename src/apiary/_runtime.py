@@ -264,6 +264,14 @@ class Runtime:
 
         Read-only workflows write no status row (nothing needs recording).
         """
+        if (
+            not isinstance(workflow_id, str)
+            or not 0 < len(workflow_id) <= MAX_WORKFLOW_ID
+            or "\x00" in workflow_id
+        ):
+            # run() refuses such IDs, so none names a run; and PostgreSQL cannot even
+            # compare a string with NUL in it.
+            raise NotFoundError(f"no workflow with ID {workflow_id!r}")
         record = self._engine.system(_bookkeeping.get_workflow, workflow_id, write=False)
         if record is None:
             raise NotFoundError(f"no workflow with ID {workflow_id!r}")

@@ -39,6 +39,7 @@ CREDIT = apiary.sql("UPDATE accounts SET balance = balance + ? WHERE id = ?")
 RECORD = apiary.sql("INSERT INTO ledger (transfer_id, src, dst, amount) VALUES (?, ?, ?, ?)")
 BALANCES = apiary.sql("SELECT id, balance FROM accounts ORDER BY id")
 TOTAL = apiary.sql("SELECT COUNT(*), COALESCE(SUM(balance), 0) FROM accounts")
+LEDGER = apiary.sql("SELECT transfer_id, src, dst, amount FROM ledger ORDER BY transfer_id")
 
 #: Environment variable naming the folder where audit executions leave their files.
 AUDIT_ENV = "APIARY_CHAOS_AUDIT"
@@ -150,3 +151,9 @@ def total(ctx: apiary.TxContext) -> list[int]:
     row = ctx.query_one(TOTAL)
     assert row is not None
     return [int(row[0]), int(row[1])]
+
+
+@app.function
+def ledger(ctx: apiary.TxContext) -> list[list[Any]]:
+    """Every ledger row, ``[transfer_id, src, dst, amount]`` (read-only)."""
+    return [list(row) for row in ctx.query(LEDGER)]

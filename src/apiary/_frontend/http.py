@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -96,6 +97,58 @@ def _error_body(exc: BaseException) -> dict[str, Any]:
     return body
 
 
+#: Deepest nesting of arrays and objects in a request body. Python's JSON decoder gives
+#: up near 1,000 levels with a RecursionError, and the argument checks and the codec after
+#: it recurse too; arguments nest a few levels.
+MAX_NESTING = 100
+# JSON may escape a lone UTF-16 surrogate ("\ud800"). It decodes into a str that is not
+# text: no database (nor the answer) can encode it as UTF-8.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def decode_body(data: bytes) -> Any:
+    """A request body's JSON value; :class:`InvalidArgumentsError` (400) for bytes that
+    are not UTF-8, text that is not JSON, nesting deeper than :data:`MAX_NESTING`, or a
+    string holding a lone surrogate."""
+    try:
+        text = data.decode("utf-8")
+        value = _codec.loads(text)
+    except RecursionError:
+        raise InvalidArgumentsError(_too_deep()) from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidArgumentsError(f"the request body is not valid JSON: {exc}") from None
+    if text.count("[") + text.count("{") > MAX_NESTING or _SURROGATE_ESCAPE.search(text):
+        _check_storable(value)
+    return value
+
+
+def _too_deep() -> str:
+    return f"the request body nests arrays or objects more than {MAX_NESTING} levels deep"
+
+
+def _check_storable(value: Any) -> None:
+    # Iterative: a recursive walk could itself run out of stack on what it refuses.
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidArgumentsError(
+                    "the request body holds a string with a lone UTF-16 surrogate "
+                    "(an escape in \\ud800-\\udfff without its pair), which is not text"
+                ) from None
+        elif isinstance(item, dict | list):
+            if depth >= MAX_NESTING:
+                raise InvalidArgumentsError(_too_deep())
+            if isinstance(item, dict):
+                stack.extend((key, depth) for key in item)
+                stack.extend((child, depth + 1) for child in item.values())
+            else:
+                stack.extend((child, depth + 1) for child in item)
+
+
 def _guarded(handler: Handler) -> Handler:
     async def run(request: Request) -> Response:
         try:
@@ -139,10 +192,7 @@ class Api:
                 raise BodyTooLarge(f"the request body is over the limit of {limit} bytes")
         if not data:
             return {}
-        try:
-            return _codec.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise InvalidArgumentsError(f"the request body is not valid JSON: {exc}") from None
+        return decode_body(bytes(data))
 
     async def blocking(self, work: Callable[..., Any], *args: Any) -> Any:
         return await self.frontend.versions.in_executor(work, *args)
@@ -342,11 +392,15 @@ def create_app(frontend: Frontend) -> Starlette:
         finally:
             await frontend.stop()
 
-    return Starlette(
+    app = Starlette(
         routes=api.routes(),
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
+    # An API answers an unknown path with a JSON 404, not a redirect to the path with or
+    # without a trailing slash (DELETE /v1/keys/%2F would otherwise be sent to /v1/keys/).
+    app.router.redirect_slashes = False
+    return app
 
 
-__all__ = ["Api", "create_app", "error_response"]
+__all__ = ["MAX_NESTING", "Api", "create_app", "decode_body", "error_response"]

@@ -50,6 +50,7 @@ DEFAULT_CACHE_SIZE = 10_000
 # base64url, always 43 characters of [A-Za-z0-9_-] (so the secret may contain '_': the
 # key is split by position, not at the last underscore).
 _KEY_FORMAT = re.compile(r"apk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+_KEY_ID = re.compile(r"[0-9a-f]{12}")
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +(\S+) *")
 
 # The only two messages verification gives: which part of a key was wrong (its format,
@@ -309,8 +310,8 @@ class KeyStore:
 
         This store forgets the key at once; other frontends within their ``ttl``.
         """
-        if not isinstance(key_id, str):
-            return False
+        if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
+            return False  # no key has such an ID (and PostgreSQL refuses text with NUL)
         revoked_at = time.time()
         revoked = self._engine.transact(lambda db: revoke_key(db, key_id, revoked_at), write=True)
         with self._lock:

@@ -83,7 +83,9 @@ def load_module(name: str, source: str) -> ModuleType:
             sys.modules.pop(name, None)
         if isinstance(exc, RegistrationError):
             raise
-        if isinstance(exc, Exception):
+        # SystemExit too: a module that calls sys.exit() at import is a module that
+        # failed to load, not a request to stop the server (it would answer 500).
+        if isinstance(exc, Exception | SystemExit):
             raise RegistrationError(
                 f"module {name!r} failed to load: {type(exc).__name__}: {exc}"
             ) from exc
