@@ -7,7 +7,10 @@ The workload is a shop purchase, three transactions in a chain::
     decrement_stock(item, added)          write       UPDATE ... RETURNING stock
 
 Apiary runs it as a workflow of three units (no transaction group), with the runtime's
-record modes ``sfr`` (the default), ``all`` and ``none``. The baseline runs the same three
+record modes ``sfr`` (the default), ``all`` and ``none``, with tracing off, and as
+``traced``: ``sfr`` with tracing on (the default of :class:`apiary.Runtime`: each unit
+stages its trace in its transaction, a background thread spools it into DuckDB).
+The baseline runs the same three
 transactions with the same SQL in plain ``sqlite3``: same schema and data, same PRAGMAs
 (WAL, ``synchronous=NORMAL``, ``busy_timeout``, ``foreign_keys``), ``BEGIN IMMEDIATE`` for
 the writes and a deferred ``BEGIN`` for the read. With several threads, each baseline
@@ -227,11 +230,16 @@ class ApiarySystem(System):
     """One shared :class:`apiary.Runtime` (thread-safe) in one record mode."""
 
     record: Any = "sfr"
+    trace = False
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self.name = f'apiary, record="{self.record}"'
-        self.runtime = apiary.Runtime(app, f"sqlite:///{path}", record=self.record)
+        self.name = f'apiary, record="{self.record}"' + (", traced" if self.trace else "")
+        # Traced, the runtime's background thread spools traces into <db>-trace.duckdb
+        # while the workflows run, as it does by default.
+        self.runtime = apiary.Runtime(
+            app, f"sqlite:///{path}", record=self.record, trace=self.trace
+        )
         self.runtime.install()
 
     def runner(self) -> Runner:
@@ -263,6 +271,11 @@ class ApiarySFR(ApiarySystem):
     record = "sfr"
 
 
+class ApiaryTraced(ApiarySystem):
+    record = "sfr"
+    trace = True
+
+
 class ApiaryAll(ApiarySystem):
     record = "all"
 
@@ -274,6 +287,7 @@ class ApiaryNone(ApiarySystem):
 SYSTEMS: dict[str, type[System]] = {
     "plain": PlainSystem,
     "sfr": ApiarySFR,
+    "traced": ApiaryTraced,
     "all": ApiaryAll,
     "none": ApiaryNone,
 }

@@ -312,3 +312,16 @@ def test_every_value_round_trips(value: Any) -> None:
     assert same(back, expected(value)), (value, back)
     assert same(_codec.normalize(value), back)
     assert _codec.loads(_codec.canonical_dumps(value)) == back
+
+
+@settings(deadline=None)
+@given(VALUES)
+def test_dumps_rows_gives_the_text_of_dumps(value: Any) -> None:
+    assert _codec.dumps_rows(value) == _codec.dumps(value)
+
+
+def test_dumps_rows_refuses_what_dumps_refuses() -> None:
+    # (Not non-string dict keys: its data, rows from a database, has none.)
+    for bad in [float("nan"), object(), [decimal.Decimal("NaN")], [[float("inf")]]]:
+        with pytest.raises(TypeError):
+            _codec.dumps_rows(bad)

@@ -482,6 +482,37 @@ def test_default_store(engine_url: str, tmp_path: Path) -> None:
     assert_traced(tmp_path / "apiary-trace.duckdb", model)
 
 
+def test_a_read_only_unit_stays_read_only_when_traced(tmp_path: Path) -> None:
+    # Its trace is staged later, in a transaction of its own: on SQLite the read runs on
+    # a snapshot while another connection holds the write lock.
+    import sqlite3
+
+    path = tmp_path / "app.db"
+    store = tmp_path / "trace.duckdb"
+    rt = apiary.Runtime(traced.app, f"sqlite:///{path}", trace_store=None)
+    try:
+        rt.install()
+        rt.call("add_customer", id=1, name="ann", city="oslo", balance=5)
+        writer = sqlite3.connect(path, isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")  # holds the write lock
+        try:
+            started = time.monotonic()
+            assert rt.call("get_customer", id=1) == ["ann", 5]
+            assert time.monotonic() - started < 2  # did not wait for the lock
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+        assert rt.spool(str(store)) == 2  # the read's trace was staged, then spooled
+    finally:
+        rt.close()
+    with TraceStore(str(store), tables_of(traced.app.schemas), read_only=True) as found:
+        history = found.row_history("customers", id=1)
+    assert [(a["op"], a["function"]) for a in history] == [
+        ("insert", "add_customer"),
+        ("read", "get_customer"),
+    ]
+
+
 # -- the spooler's crash safety --------------------------------------------------------
 
 # The child spools in batches of BATCH; after its second batch is committed in DuckDB,

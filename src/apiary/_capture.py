@@ -11,8 +11,13 @@ shipped as JSON into PostgreSQL):
   (aggregates, DISTINCT, set operations, subqueries: reads that cannot name their rows).
 
 A :class:`UnitTrace` collects, during one unit, one entry per function execution and one
-event per row touched; the unit stages them as one JSON document, with **one** statement,
-in the same transaction: a trace exists exactly when the transaction committed. The
+event per row touched, as one JSON document. A unit whose transaction writes stages it
+with **one** statement in that same transaction: the trace of a write exists exactly when
+the transaction committed. A read-only unit's transaction stays read-only (on SQLite it
+runs on a snapshot, without the write lock; on PostgreSQL it needs no WAL flush at
+commit): its document is handed back with the outcome, and the engine stages such
+documents in batches, in transactions of their own, a fraction of a second later
+(:func:`stage_rows`). A crash in between loses those reads' traces, never a write's. The
 spooler moves staged documents to the DuckDB trace store.
 
 Part of the execution core: standard library only (it also runs inside PostgreSQL).
@@ -137,12 +142,29 @@ class UnitTrace:
         statement = self._statement(text, plan)
         self.events.append([number, time.time(), statement, -1, None])
 
+    def staged_row(self, workflow_id: str | None, invocation_id: str | None) -> StagedTrace | None:
+        """The unit's trace as a row of the staging table (``None`` if nothing ran)."""
+        if not self.functions:
+            return None
+        document = {"f": self.functions, "s": self.statements, "e": self.events}
+        return (workflow_id, invocation_id, _codec.dumps_rows(document), time.time())
+
     def stage(self, db: Database, workflow_id: str | None, invocation_id: str | None) -> None:
         """Stage the unit's trace in the current transaction (one statement)."""
-        if not self.functions:
-            return
-        payload = _codec.dumps({"f": self.functions, "s": self.statements, "e": self.events})
-        db.execute(STAGE_TRACE, (workflow_id, invocation_id, payload, time.time()))
+        row = self.staged_row(workflow_id, invocation_id)
+        if row is not None:
+            db.execute(STAGE_TRACE, row)
+
+
+#: A staging row: ``(workflow_id, invocation_id, payload, created_at)``.
+StagedTrace = tuple[str | None, str | None, str, float]
+
+
+def stage_rows(db: Database, rows: Sequence[Sequence[Any]]) -> int:
+    """Stage traces handed back by read-only units, in the current transaction."""
+    for row in rows:
+        db.execute(STAGE_TRACE, tuple(row))
+    return len(rows)
 
 
 def plans_from_json(

@@ -152,6 +152,45 @@ def dumps(value: Any) -> str:
     return _encoder.encode(_tag(value))
 
 
+class _Tags:
+    """A ``default`` hook for :mod:`json` that tags the extra types and counts them."""
+
+    __slots__ = ("made",)
+
+    def __init__(self) -> None:
+        self.made = 0
+
+    def tag(self, value: Any) -> Any:
+        tagged = _tag(value)
+        if type(tagged) is dict:
+            self.made += 1
+        return tagged
+
+
+def dumps_rows(value: Any) -> str:
+    """:func:`dumps` for data whose dicts have string keys (rows read from a database,
+    traces): the same text, faster, as :mod:`json`'s C encoder walks the containers.
+
+    The containers are not checked, so the text is checked instead: it must hold one
+    ``"$`` per value tagged. Anything else (a ``$`` string or key that might need the
+    ``$dict`` escape, a NaN) is encoded again by :func:`dumps`.
+    """
+    tags = _Tags()
+    try:
+        text = json.JSONEncoder(
+            ensure_ascii=False,
+            allow_nan=False,
+            separators=(",", ":"),
+            check_circular=False,
+            default=tags.tag,
+        ).encode(value)
+    except (TypeError, ValueError):
+        return dumps(value)  # raises the codec's own error
+    if text.count('"$') != tags.made:
+        return dumps(value)
+    return text
+
+
 def canonical_dumps(value: Any) -> str:
     """Encode with sorted keys, so equal values give equal text (used to compare inputs)."""
     return _canonical_encoder.encode(_tag(value))

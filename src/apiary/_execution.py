@@ -357,20 +357,24 @@ class UnitOutcome:
     """What running a unit produced: member outputs, or the already-finished workflow.
 
     ``created`` says the unit created the workflow's status row: this run is the first,
-    so nothing of it can have been recorded before.
+    so nothing of it can have been recorded before. ``trace`` is the trace of a read-only
+    unit, for the engine to stage later (a writing unit stages its own; see
+    :mod:`apiary._capture`).
     """
 
-    __slots__ = ("created", "finished", "outputs")
+    __slots__ = ("created", "finished", "outputs", "trace")
 
     def __init__(
         self,
         outputs: dict[str, Any] | None,
         finished: WorkflowRecord | None = None,
         created: bool = False,
+        trace: Sequence[Any] | None = None,
     ) -> None:
         self.outputs = outputs
         self.finished = finished
         self.created = created
+        self.trace = trace
 
 
 # --------------------------------------------------------------------------------------
@@ -392,7 +396,8 @@ def run_unit(
     """Run one transaction unit inside the caller's open transaction.
 
     With ``request.trace`` and capture ``plans``, what the functions touched is staged,
-    in this transaction, as the unit's trace (:mod:`apiary._capture`).
+    in this transaction, as the unit's trace; a unit whose transaction writes nothing
+    hands it back in :attr:`UnitOutcome.trace` instead (:mod:`apiary._capture`).
 
     Order: create or check the workflow's status row (``starts``); look up the recorded
     output by invocation ID (``recorded``) and return it without running if found; run the
@@ -463,6 +468,8 @@ def run_unit(
         if trace is not None:
             trace.end(number)
 
+    if trace is not None and not unit.writes:
+        return UnitOutcome(result, None, fresh, trace.staged_row(workflow_id, invocation_id))
     if trace is not None:
         trace.stage(db, workflow_id, invocation_id)
 

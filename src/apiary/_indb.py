@@ -300,13 +300,14 @@ class InDatabaseRuntime:
         except BaseException as exc:
             self._fail(exc)
             raise
-        return self.codec.dumps(  # type: ignore[no-any-return]
-            {
-                "o": outcome.outputs,
-                "f": self.bookkeeping.encode_record(outcome.finished),
-                "n": outcome.created,
-            }
-        )
+        answer = {
+            "o": outcome.outputs,
+            "f": self.bookkeeping.encode_record(outcome.finished),
+            "n": outcome.created,
+        }
+        if outcome.trace is not None:  # a read-only unit's trace, staged by the client
+            answer["t"] = outcome.trace
+        return self.codec.dumps(answer)  # type: ignore[no-any-return]
 
     def system(self, op: str, payload: str) -> str:
         """Run one bookkeeping function of the core; arguments and result as JSON text."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import inspect
 import itertools
+import logging
 import os
 import socket
 import threading
@@ -28,6 +30,8 @@ from apiary._plan import RECORD_MODES, RecordMode, WorkflowPlan, call_unit, comp
 from apiary._scheduler import WorkflowRun
 
 _PING = Statement("SELECT 1", system=True)
+
+log = logging.getLogger("apiary.trace")
 
 #: The default of ``Runtime(trace_store=...)``: a file beside a SQLite database.
 DEFAULT_STORE = "<default>"
@@ -359,6 +363,7 @@ class Runtime:
         path = store or self.trace_store
         if not path:
             raise ValueError("no trace store: pass a path, or give the runtime trace_store")
+        self._engine.flush_traces()  # read-only units' traces not yet staged
         spooler = self._make_spooler(path)
         try:
             spooler.store.open()  # waits for this process's background round, if any
@@ -368,6 +373,7 @@ class Runtime:
 
     def close(self) -> None:
         """Release the database connections and worker threads (spooling what is staged)."""
+        self._flush_traces()
         spooler, self._spooler = self._spooler, None
         if spooler is not None:
             try:
@@ -377,8 +383,15 @@ class Runtime:
         self._pool.shutdown(wait=True)
         self._engine.close()
 
+    def _flush_traces(self) -> None:
+        try:
+            self._engine.flush_traces()
+        except Exception as exc:  # closing must not fail for want of a trace
+            log.warning("read-only units' traces could not be staged at close: %s", exc)
+
     async def aclose(self) -> None:
         """:meth:`close` from an event loop: also closes the loop's async connections."""
+        await asyncio.get_running_loop().run_in_executor(None, self._flush_traces)
         await self._engine.aclose()
         self._pool.shutdown(wait=False)
 

@@ -11,17 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from apiary._app import AppInfo
-from apiary._capture import CapturePlan
+from apiary._capture import CapturePlan, stage_rows
 from apiary._database import Database, Statement
 from apiary._execution import UnitOutcome, UnitRequest, UnitSpec, run_unit
 
 T = TypeVar("T")
+
+log = logging.getLogger("apiary.trace")
+
+#: Read-only units' traces wait at most this many seconds (or :data:`FLUSH_ROWS` traces)
+#: before they are staged, in one transaction for the lot.
+FLUSH_DELAY = 0.25
+FLUSH_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,7 @@ class Engine(ABC):
         self.executor = executor
         self.functions: Mapping[str, Callable[..., Any]] = {}
         self.plans: Mapping[str, CapturePlan] | None = None
+        self._traces = _TraceBuffer(self)
 
     def bind(
         self,
@@ -74,11 +84,26 @@ class Engine(ABC):
         """Run ``work`` in one transaction (retrying conflicts) and return its result."""
 
     def run_unit(self, unit: UnitSpec, request: UnitRequest) -> UnitOutcome:
-        """Run a transaction unit as one transaction."""
+        """Run a transaction unit as one transaction.
+
+        A read-only unit's trace comes back with its outcome; it is staged shortly after,
+        with others (:meth:`flush_traces`), so that the unit's transaction stays read-only.
+        """
+        outcome = self._run_unit(unit, request)
+        if outcome.trace is not None:
+            self._traces.add(outcome.trace)
+        return outcome
+
+    def _run_unit(self, unit: UnitSpec, request: UnitRequest) -> UnitOutcome:
+        """Run a unit in one transaction (engines that run it elsewhere override this)."""
         functions, plans = self.functions, self.plans
         return self.transact(
             lambda db: run_unit(db, unit, functions, request, plans), write=unit.writes
         )
+
+    def flush_traces(self) -> int:
+        """Stage the read-only units' traces still held here now; return how many."""
+        return self._traces.flush()
 
     def system(self, op: Callable[..., T], *args: Any, write: bool, **kwargs: Any) -> T:
         """Run a bookkeeping function of the execution core in one transaction."""
@@ -103,3 +128,53 @@ class Engine(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections. The engine cannot be used afterwards."""
+
+
+class _TraceBuffer:
+    """Read-only units' traces on their way to the staging table.
+
+    The first trace added starts a timer of :data:`FLUSH_DELAY` seconds; the traces held
+    when it fires, or as soon as :data:`FLUSH_ROWS` are held, are staged in one write
+    transaction. Traces that cannot be staged (the database is down) are kept and tried
+    again at the next flush.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._flushing = threading.Lock()
+        self._rows: list[Sequence[Any]] = []
+        self._timer: threading.Timer | None = None
+
+    def add(self, row: Sequence[Any]) -> None:
+        with self._lock:
+            self._rows.append(row)
+            full = len(self._rows) >= FLUSH_ROWS
+            if self._timer is None and not full:
+                self._timer = threading.Timer(FLUSH_DELAY, self._on_timer)
+                self._timer.daemon = True
+                self._timer.start()
+        if full:
+            self.flush()
+
+    def _on_timer(self) -> None:
+        try:
+            self.flush()
+        except Exception as exc:  # kept; the next add or flush tries again
+            log.warning("staging read-only traces failed, will retry: %s", exc)
+
+    def flush(self) -> int:
+        with self._flushing:  # one flush at a time keeps the traces in order
+            with self._lock:
+                rows, self._rows = self._rows, []
+                timer, self._timer = self._timer, None
+            if timer is not None:
+                timer.cancel()
+            if not rows:
+                return 0
+            try:
+                return self._engine.transact(lambda db: stage_rows(db, rows), write=True)
+            except BaseException:
+                with self._lock:
+                    self._rows[:0] = rows
+                raise

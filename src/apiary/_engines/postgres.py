@@ -387,13 +387,13 @@ class PostgresEngine(Engine):
         assert isinstance(exc, psycopg.Error)
         return _translate_call_error(exc)
 
-    def run_unit(self, unit: UnitSpec, request: UnitRequest) -> UnitOutcome:
+    def _run_unit(self, unit: UnitSpec, request: UnitRequest) -> UnitOutcome:
         """Run a unit: in its stored procedure (``db``) or here over a connection."""
         if self.placement == "client":
-            return super().run_unit(unit, request)
+            return super()._run_unit(unit, request)
         sql, params = self._unit_call(unit, request)
         data = self._call(sql, params, repeatable=unit.read_only or unit.recorded)
-        return UnitOutcome(data["o"], decode_record(data["f"]), data["n"])
+        return UnitOutcome(data["o"], decode_record(data["f"]), data["n"], data.get("t"))
 
     def system(self, op: Callable[..., T], *args: Any, write: bool, **kwargs: Any) -> T:
         """Run a bookkeeping function: in the system procedure (``db``) or here."""
