@@ -97,10 +97,13 @@ def audit(ctx: apiary.StepContext, receipt: dict[str, Any]) -> str:
     key = str(ctx.idempotency_key)
     folder = os.environ.get(AUDIT_ENV)
     if folder:
-        digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-        path = os.path.join(folder, f"{digest}.{uuid.uuid4().hex[:8]}")
-        with open(path, "x", encoding="utf-8") as out:
+        name = f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.{uuid.uuid4().hex[:8]}"
+        # Written aside and renamed: a frontend killed mid-write leaves a hidden partial
+        # file, not a torn record.
+        partial = os.path.join(folder, f".{name}")
+        with open(partial, "x", encoding="utf-8") as out:
             json.dump({"key": key, "transfer": receipt["transfer"]}, out)
+        os.rename(partial, os.path.join(folder, name))
     return f"audited {receipt['transfer']} under {key}"
 
 

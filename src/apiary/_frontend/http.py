@@ -17,7 +17,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -186,10 +186,14 @@ class Api:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise BodyTooLarge(f"the request body is {declared} bytes; the limit is {limit}")
         data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > limit:
-                raise BodyTooLarge(f"the request body is over the limit of {limit} bytes")
+        try:
+            async for chunk in request.stream():
+                data += chunk
+                if len(data) > limit:
+                    raise BodyTooLarge(f"the request body is over the limit of {limit} bytes")
+        except ClientDisconnect:
+            # A client that gave up mid-body: nothing ran, and no one reads the answer.
+            raise InvalidArgumentsError("the client left before sending the whole body") from None
         if not data:
             return {}
         return decode_body(bytes(data))
