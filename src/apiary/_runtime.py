@@ -22,6 +22,7 @@ from apiary._capture import CapturePlan
 
 if TYPE_CHECKING:
     from apiary._tracing.spool import Spooler
+    from apiary._tracing.spool_process import SpoolerProcess
 from apiary._database import Statement
 from apiary._engines import DeclaredStatement, Engine, open_engine
 from apiary._errors import ApiaryError, FunctionError, InvalidArgumentsError, NotFoundError
@@ -83,8 +84,10 @@ class Runtime:
             application restarted with changed code finishes its workflows with that code.
         trace: capture every function execution and every row it reads or writes, in
             its own transaction, into the trace staging table (``docs/TRACING.md``).
-        trace_store: the DuckDB file a background thread spools staged traces into
-            (opened for each round, so ``apiary trace`` can read it between rounds). By
+        trace_store: the DuckDB file a background spooler moves staged traces into, every
+            second, from a process of its own (so that storing traces takes no time
+            from this process's threads); the file is opened for each round, so
+            ``apiary trace`` can read it between rounds. By
             default ``<database>-trace.duckdb`` beside a SQLite database, and none for
             PostgreSQL (a frontend, or ``apiary trace spool``, spools there). ``None``:
             this runtime does not spool.
@@ -139,7 +142,7 @@ class Runtime:
         self._captures = capture_plans(app) if trace else None
         self._engine.bind(app.info(), app.callables(), self._captures)
         self.trace_store = _trace_store(url) if trace_store == DEFAULT_STORE else trace_store
-        self._spooler: Spooler | None = None
+        self._spooler: SpoolerProcess | None = None
         self._spooler_lock = threading.Lock()
         self._client_id: int | None = None
         self._counter = itertools.count(1)
@@ -347,8 +350,13 @@ class Runtime:
             return
         with self._spooler_lock:
             if self._spooler is None:
-                self._spooler = self._make_spooler(self.trace_store)
-                self._spooler.start(SPOOL_INTERVAL, release=True)
+                from apiary._tracing.spool_process import SpoolerProcess
+
+                spooler = SpoolerProcess(
+                    self.url, self.trace_store, self.app.schemas, SPOOL_INTERVAL
+                )
+                spooler.start()
+                self._spooler = spooler
 
     def _make_spooler(self, path: str) -> Spooler:
         from apiary._tracing.spool import Spooler
@@ -357,16 +365,20 @@ class Runtime:
 
         return Spooler(self._engine, TraceStore(path, tables_of(self.app.schemas)))
 
-    def spool(self, store: str | None = None) -> int:
+    def spool(self, store: str | None = None, *, wait: float = 30.0) -> int:
         """Move every staged trace into the DuckDB ``store`` now (default: this runtime's
-        ``trace_store``); returns how many units' traces moved."""
+        ``trace_store``); returns how many units' traces moved.
+
+        Waits up to ``wait`` seconds for the store while another process (such as the
+        background spooler) has it, then raises :class:`~apiary.DatabaseUnavailableError`.
+        """
         path = store or self.trace_store
         if not path:
             raise ValueError("no trace store: pass a path, or give the runtime trace_store")
         self._engine.flush_traces()  # read-only units' traces not yet staged
         spooler = self._make_spooler(path)
         try:
-            spooler.store.open()  # waits for this process's background round, if any
+            spooler.store.open(wait)  # waits for the background spooler's round, if any
             return spooler.spool_all()
         finally:
             spooler.store.close()
@@ -376,10 +388,7 @@ class Runtime:
         self._flush_traces()
         spooler, self._spooler = self._spooler, None
         if spooler is not None:
-            try:
-                spooler.stop()
-            finally:
-                spooler.store.close()
+            spooler.stop()  # it spools a last round
         self._pool.shutdown(wait=True)
         self._engine.close()
 

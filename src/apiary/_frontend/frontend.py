@@ -17,9 +17,7 @@ from apiary._frontend.keys import KeyStore
 from apiary._frontend.recovery import Recovery
 from apiary._frontend.versions import FIND_DEPLOYMENT, Versions
 from apiary._runtime import DEFAULT_STORE, SPOOL_INTERVAL, Runtime, _trace_store
-from apiary._tracing.spool import Spooler
-from apiary._tracing.store import TraceStore
-from apiary._tracing.tables import tables_of
+from apiary._tracing.spool_process import SpoolerProcess
 
 log = logging.getLogger("apiary.frontend")
 
@@ -71,7 +69,7 @@ class Frontend:
         self.versions = Versions(name, config.db, owner=self.id, max_workers=config.max_workers)
         self.keys: KeyStore | None = None
         self.recovery: Recovery | None = None
-        self.spooler: Spooler | None = None
+        self.spooler: SpoolerProcess | None = None
 
     def start(self) -> None:
         """Serve the configured app (deploying it if this version is new), then the
@@ -95,9 +93,11 @@ class Frontend:
         if store == DEFAULT_STORE:
             store = _trace_store(self.config.db) or "apiary-trace.duckdb"
         if store:
-            tables = tables_of(runtime.app.schemas)
-            self.spooler = Spooler(runtime._engine, TraceStore(store, tables))
-            self.spooler.start(SPOOL_INTERVAL, release=True)
+            # In a process of its own, so that storing traces takes no time from serving.
+            self.spooler = SpoolerProcess(
+                self.config.db, store, runtime.app.schemas, SPOOL_INTERVAL
+            )
+            self.spooler.start()
         log.info("frontend %s serves app %r version %s", self.id, runtime.app.name, runtime.version)
 
     def _serve_initial(self, app: App) -> None:
@@ -141,12 +141,7 @@ class Frontend:
         """Stop recovery, retire the heartbeat, spool what is staged, close every runtime."""
         if self.recovery is not None:
             await self.recovery.stop()
+        self.versions.close()  # stages the read-only units' traces still held
         spooler, self.spooler = self.spooler, None
-        if spooler is not None:
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, spooler.stop)
-            except Exception as exc:
-                log.warning("spooling traces at stop failed: %s", exc)
-            finally:
-                spooler.store.close()
-        self.versions.close()
+        if spooler is not None:  # spools a last round, then exits
+            await asyncio.get_running_loop().run_in_executor(None, spooler.stop)

@@ -189,7 +189,7 @@ def open_store(path: str) -> TraceStore:
     from apiary._tracing.store import TraceStore
 
     store = TraceStore(path, {}, read_only=True)
-    _retry_locked(path, store.open)
+    _retry_locked(path, lambda: store.open(wait=0))
     return store
 
 
@@ -279,7 +279,7 @@ def _spool(args: argparse.Namespace, path: str) -> int:
     # trace_store=None: this runtime only moves what is staged now, it spools nothing in
     # the background.
     with Runtime(app, args.db, trace_store=None) as rt:
-        moved = _retry_locked(path, lambda: rt.spool(path))
+        moved = _retry_locked(path, lambda: rt.spool(path, wait=0))
     print(f"spooled {moved} staged unit trace{'' if moved == 1 else 's'} into {path}")
     return 0
 

@@ -58,8 +58,9 @@ slows every insert and must fit in memory); DuckDB's zone maps skip row groups w
 key correlates with time.
 
 One process at a time may open a DuckDB file for writing. The file is opened on first
-use (or :meth:`TraceStore.open`); a file locked by another process raises
-:class:`~apiary.DatabaseUnavailableError`. The store holds the lock until :meth:`close`.
+use (or :meth:`TraceStore.open`); a file another process holds is waited for (``wait``
+seconds), then raises :class:`~apiary.DatabaseUnavailableError`. The store holds the lock
+until :meth:`close`.
 Within one process, DuckDB would share one database between two stores of the same file
 (their transactions then conflict on every row), so stores of one file take turns: one
 open for writing, or any number open read-only; an open waits for its turn (``wait``
@@ -105,8 +106,10 @@ from apiary._tracing.layout import (
 from apiary._tracing.tables import TableInfo
 from apiary._tracing.types import _converter, _Unfit, duckdb_type
 
-#: Seconds an open waits for another store of the same file in this process, by default.
+#: Seconds an open waits, by default, for the file another store (of this process or
+#: another) has open.
 OPEN_WAIT = 30.0
+_LOCK_POLL = 0.05
 
 
 class _Turns:
@@ -217,17 +220,23 @@ class TraceStore:
     def _connect(self, wait: float = OPEN_WAIT) -> duckdb.DuckDBPyConnection:
         if self._con is not None:
             return self._con
+        deadline = time.monotonic() + wait
         if not _turns.take(self._key, self.read_only, wait):
             raise DatabaseUnavailableError(
                 f"trace store {self.path!r} is open in this process by another store "
                 f"(a spooler's round, or a query), still after {wait:g} s"
             )
         try:
-            try:
-                con = duckdb.connect(self.path, read_only=self.read_only)
-            except duckdb.IOException as exc:
-                # "Could not set lock on file ...: Conflicting lock is held in ... (PID n)"
-                raise DatabaseUnavailableError(f"trace store {self.path!r}: {exc}") from exc
+            while True:
+                try:
+                    con = duckdb.connect(self.path, read_only=self.read_only)
+                    break
+                except duckdb.IOException as exc:
+                    # "Could not set lock on file ...: Conflicting lock is held in ... (PID n)"
+                    locked = "lock" in str(exc).lower()
+                    if not locked or time.monotonic() + _LOCK_POLL > deadline:
+                        raise DatabaseUnavailableError(f"trace store {self.path!r}: {exc}") from exc
+                    time.sleep(_LOCK_POLL)  # another process's round: wait for its end
             try:
                 con.execute("SET TimeZone = 'UTC'")  # TIMESTAMPTZ values read back in UTC
                 if not self.read_only:
