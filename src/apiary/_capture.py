@@ -52,7 +52,7 @@ class CapturePlan:
             more columns, which ``groups`` split: ``[table, [columns...]]`` each.
     """
 
-    __slots__ = ("extra", "groups", "mode", "op", "tables", "variant")
+    __slots__ = ("extra", "groups", "mode", "op", "slices", "tables", "variant")
 
     def __init__(
         self,
@@ -68,6 +68,13 @@ class CapturePlan:
         self.variant = variant
         self.groups = [(str(table), [str(c) for c in columns]) for table, columns in groups]
         self.extra = sum(len(columns) for _, columns in self.groups)
+        # Where each group's columns are, counted from the end of a row.
+        self.slices: list[tuple[int, int, int | None]] = []
+        start = -self.extra
+        for group, (_, columns) in enumerate(self.groups):
+            end = start + len(columns)
+            self.slices.append((group, start, end or None))
+            start = end
 
     def to_json(self) -> list[Any]:
         """The plan as JSON data."""
@@ -120,22 +127,29 @@ class UnitTrace:
         statement = self._statement(text, plan)
         now = time.time()
         extra = plan.extra
-        seen: list[tuple[Any, ...]] = []
         events = self.events
-        for row in rows:
-            captured = row[len(row) - extra :]
-            offset = 0
-            for group, (_, columns) in enumerate(plan.groups):
-                values = list(captured[offset : offset + len(columns)])
-                offset += len(columns)
-                if any(v is not None for v in values):  # an outer join's missing side
-                    events.append([number, now, statement, group, values])
-            if len(row) > extra:  # a write without RETURNING of its own shows no rows
-                seen.append(tuple(row[: len(row) - extra]))
         if not rows:
             # Nothing matched: the access still happened (a lookup that found nothing).
             events.append([number, now, statement, -1, None])
-        return seen
+            return []
+        slices = plan.slices
+        if len(slices) == 1 and extra == 1:  # one key column (the common read)
+            for row in rows:
+                value = row[-1]
+                if value is not None:
+                    events.append([number, now, statement, 0, [value]])
+        else:
+            for row in rows:
+                for group, start, end in slices:
+                    values = list(row[start:end])
+                    if values.count(None) < len(values):  # an outer join's missing side
+                        events.append([number, now, statement, group, values])
+        cut = len(rows[0]) - extra
+        if not cut:  # a write without RETURNING of its own shows no rows
+            return []
+        if type(rows[0]) is tuple:
+            return [row[:cut] for row in rows]  # type: ignore[misc]
+        return [tuple(row[:cut]) for row in rows]
 
     def statement(self, number: int, text: str, plan: CapturePlan) -> None:
         """Record a statement that cannot name its rows."""
