@@ -268,3 +268,27 @@ def test_a_deploy_is_served_on_the_next_request_and_a_broken_one_changes_nothing
     listed = call(served, "GET", "/v1/apps", key="admin").json()
     assert listed["current"] == deployed.json()["version"]
     assert len(listed["deployments"]) == 2
+
+
+@pytest.mark.parametrize("trace", [True, False])
+def test_a_frontend_traces_into_its_store_unless_told_not_to(
+    engine_url: str, tmp_path: Any, trace: bool
+) -> None:
+    from apiary._tracing.store import TraceStore
+
+    store = tmp_path / "trace.duckdb"
+    hotel = load_example("hotel")
+    with running_frontend(
+        engine_url, hotel.app, trace_store=str(store), trace=trace  # type: ignore[arg-type]
+    ) as served:
+        open_hotel(served)
+        assert book(served, "ann", key="t-1").status_code == 200
+    # Stopping the frontend spooled a last round (from its spooler's own process).
+    if not trace:
+        assert not store.exists()
+        return
+    with TraceStore(str(store), {}, read_only=True) as found:
+        history = found.row_history("bookings", hotel_id=1, day=3, customer="ann")
+    assert [(a["op"], a["function"], a["workflow_id"]) for a in history] == [
+        ("insert", "reserve", "t-1")
+    ]

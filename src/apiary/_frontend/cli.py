@@ -83,6 +83,12 @@ def add_frontend_commands(commands: Any, db_default: str) -> None:
         help="do not spool traces here (another process does: apiary trace spool)",
     )
     serve.add_argument(
+        "--no-trace",
+        action="store_true",
+        help="do not trace: functions run their statements as declared, nothing is staged "
+        "or spooled (for benchmarks, or apps that need no provenance)",
+    )
+    serve.add_argument(
         "--log-level",
         default="info",
         choices=["critical", "error", "warning", "info", "debug"],
@@ -121,6 +127,8 @@ def _serve(args: argparse.Namespace) -> int:
         "heartbeat": args.heartbeat,
         "expiry": args.expiry,
     }
+    if args.no_trace:
+        options["trace"] = False
     if args.no_spool:
         options["trace_store"] = None
     elif args.trace_store:

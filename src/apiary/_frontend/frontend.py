@@ -43,6 +43,8 @@ class FrontendConfig:
             ``<database>-trace.duckdb`` beside a SQLite database and
             ``apiary-trace.duckdb`` in the working directory for PostgreSQL; ``None``:
             do not spool (another process does).
+        trace: capture what every function reads and writes (``False``: nothing is
+            traced, nothing spooled; for benchmarks and for apps that need no trace).
     """
 
     db: str
@@ -55,6 +57,7 @@ class FrontendConfig:
     max_workers: int = 16
     address: str | None = None
     trace_store: str | None = DEFAULT_STORE
+    trace: bool = True
 
 
 class Frontend:
@@ -66,7 +69,9 @@ class Frontend:
         self.config = config
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         name = config.app.name if config.app is not None else str(app_name)
-        self.versions = Versions(name, config.db, owner=self.id, max_workers=config.max_workers)
+        self.versions = Versions(
+            name, config.db, owner=self.id, max_workers=config.max_workers, trace=config.trace
+        )
         self.keys: KeyStore | None = None
         self.recovery: Recovery | None = None
         self.spooler: SpoolerProcess | None = None
@@ -92,7 +97,7 @@ class Frontend:
         store = self.config.trace_store
         if store == DEFAULT_STORE:
             store = _trace_store(self.config.db) or "apiary-trace.duckdb"
-        if store:
+        if store and self.config.trace:
             # In a process of its own, so that storing traces takes no time from serving.
             self.spooler = SpoolerProcess(
                 self.config.db, store, runtime.app.schemas, SPOOL_INTERVAL

@@ -30,6 +30,7 @@ def build(options: dict[str, Any]) -> Starlette:
         orphan_after=float(options.get("orphan_after", 60.0)),
         address=options.get("address"),
         trace_store=options.get("trace_store", DEFAULT_STORE),
+        trace=bool(options.get("trace", True)),
     )
     return create_app(Frontend(config, options.get("app_name")))
 

@@ -119,8 +119,11 @@ class Deployment:
 class Versions:
     """The app's versions on one frontend: a runtime each; the newest is current."""
 
-    def __init__(self, app_name: str, db_url: str, *, owner: str, max_workers: int = 8) -> None:
+    def __init__(
+        self, app_name: str, db_url: str, *, owner: str, max_workers: int = 8, trace: bool = True
+    ) -> None:
         self.app_name = app_name
+        self.trace = trace
         self.db_url = db_url
         self.owner = owner
         self.max_workers = max_workers
@@ -141,6 +144,7 @@ class Versions:
             owner=self.owner,
             max_workers=self.max_workers,
             pin_version=True,
+            trace=self.trace,
             trace_store=None,
         )
 
