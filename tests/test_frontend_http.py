@@ -279,7 +279,10 @@ def test_a_frontend_traces_into_its_store_unless_told_not_to(
     store = tmp_path / "trace.duckdb"
     hotel = load_example("hotel")
     with running_frontend(
-        engine_url, hotel.app, trace_store=str(store), trace=trace  # type: ignore[arg-type]
+        engine_url,
+        hotel.app,
+        trace_store=str(store),
+        trace=trace,  # type: ignore[arg-type]
     ) as served:
         open_hotel(served)
         assert book(served, "ann", key="t-1").status_code == 200
