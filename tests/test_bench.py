@@ -136,6 +136,7 @@ def test_postgres_without_url_is_skipped(tmp_path: Path, monkeypatch: pytest.Mon
 def test_unknown_names_are_refused(tmp_path: Path) -> None:
     assert main(["bench", "--workload", "nope", "--out", str(tmp_path)]) == 2
     assert main(["bench", "--systems", "apiary-sqlite:fast", "--out", str(tmp_path)]) == 2
+    assert main(["bench", "--systems", "apiary-http:record-all", "--out", str(tmp_path)]) == 2
 
 
 PG_GROUPS = [g for g in ENGINE_GROUPS if g != ["sqlite"]]
@@ -144,7 +145,7 @@ PG_GROUPS = [g for g in ENGINE_GROUPS if g != ["sqlite"]]
 @pytest.mark.parametrize("engines", PG_GROUPS, ids=["+".join(g) for g in PG_GROUPS])
 def test_http_systems(tmp_path: Path, postgres_admin: str, engines: list[str]) -> None:
     # apiary serve and the RPC service baseline, each a server process, over HTTP.
-    systems = ["apiary-http", "rpc-baseline"]
+    systems = ["apiary-http", "apiary-http:trace-off", "rpc-baseline"]
     data = bench(tmp_path, "--workload", "hotel", "--systems", *systems, "--db-url", postgres_admin)
     assert_sane(data, systems)
     (ratio,) = [e for e in data["ratios"] if e["comparison"] == "end to end over HTTP"]

@@ -173,6 +173,7 @@ class ApiaryHttp(HttpSystem):
             "warning",
             "--trace-store",
             str(self.work_dir / f"{self.workload.name}-apiary-http-trace.duckdb"),
+            *(["--no-trace"] if self.name.endswith(":trace-off") else []),
         ]
 
     def path(self, workflow: str) -> str:
@@ -192,7 +193,7 @@ def make(
     database: PostgresDatabase | None,
 ) -> System:
     """The peer system ``name``, or :class:`SkipSystem` saying why it cannot run."""
-    if name in HTTP_SYSTEMS:
+    if name.partition(":")[0] in HTTP_SYSTEMS:
         pg_available(settings.db_url)
         try:
             import httpx  # noqa: F401

@@ -79,10 +79,13 @@ def check_name(name: str) -> None:
     base, variant = split_name(name)
     if base not in SYSTEMS:
         raise ValueError(f"unknown system {base!r} (known: {', '.join(SYSTEMS)})")
-    if variant is not None and (base not in APIARY_SYSTEMS or variant not in VARIANTS):
+    if variant is not None and base == "apiary-http":
+        if variant not in ("trace-on", "trace-off"):
+            raise ValueError(f"unknown variant {name!r}: apiary-http takes trace-on, trace-off")
+    elif variant is not None and (base not in APIARY_SYSTEMS or variant not in VARIANTS):
         raise ValueError(
             f"unknown variant {name!r}: variants ({', '.join(VARIANTS)}) apply to "
-            f"{', '.join(APIARY_SYSTEMS)}"
+            f"{', '.join(APIARY_SYSTEMS)} (and trace-on, trace-off to apiary-http)"
         )
 
 
