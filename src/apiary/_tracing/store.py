@@ -104,48 +104,13 @@ from apiary._tracing.layout import (
     quote,
 )
 from apiary._tracing.tables import TableInfo
+from apiary._tracing.turns import turns
 from apiary._tracing.types import _converter, _Unfit, duckdb_type
 
 #: Seconds an open waits, by default, for the file another store (of this process or
 #: another) has open.
 OPEN_WAIT = 30.0
 _LOCK_POLL = 0.05
-
-
-class _Turns:
-    """Which stores of this process have which files open: one writer, or readers."""
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._writers: dict[str, object] = {}
-        self._readers: dict[str, int] = {}
-
-    def take(self, key: str, read_only: bool, wait: float) -> bool:
-        deadline = time.monotonic() + wait
-        with self._changed:
-            while key in self._writers or (not read_only and self._readers.get(key)):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._changed.wait(left)
-            if read_only:
-                self._readers[key] = self._readers.get(key, 0) + 1
-            else:
-                self._writers[key] = True
-            return True
-
-    def give_back(self, key: str, read_only: bool) -> None:
-        with self._changed:
-            if read_only:
-                self._readers[key] -= 1
-                if not self._readers[key]:
-                    del self._readers[key]
-            else:
-                del self._writers[key]
-            self._changed.notify_all()
-
-
-_turns = _Turns()
 
 
 def digest(payload: str) -> int:
@@ -200,7 +165,7 @@ class TraceStore:
                     self._con.close()
                 finally:
                     self._con = None
-                    _turns.give_back(self._key, self.read_only)
+                    turns.give_back(self._key, self.read_only)
 
     def __enter__(self) -> TraceStore:
         return self
@@ -221,7 +186,7 @@ class TraceStore:
         if self._con is not None:
             return self._con
         deadline = time.monotonic() + wait
-        if not _turns.take(self._key, self.read_only, wait):
+        if not turns.take(self._key, self.read_only, wait):
             raise DatabaseUnavailableError(
                 f"trace store {self.path!r} is open in this process by another store "
                 f"(a spooler's round, or a query), still after {wait:g} s"
@@ -246,7 +211,7 @@ class TraceStore:
                 con.close()
                 raise
         except BaseException:
-            _turns.give_back(self._key, self.read_only)
+            turns.give_back(self._key, self.read_only)
             raise
         self._con = con
         return con
