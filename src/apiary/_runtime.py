@@ -365,6 +365,15 @@ class Runtime:
 
         return Spooler(self._engine, TraceStore(path, tables_of(self.app.schemas)))
 
+    def flush_traces(self) -> int:
+        """Stage now the traces of read-only units this runtime still holds (they are
+        staged within a quarter of a second anyway); returns how many.
+
+        Call it before spooling from another process (``apiary trace spool``) to be sure
+        that those traces are included.
+        """
+        return self._engine.flush_traces()
+
     def spool(self, store: str | None = None, *, wait: float = 30.0) -> int:
         """Move every staged trace into the DuckDB ``store`` now (default: this runtime's
         ``trace_store``); returns how many units' traces moved.
@@ -375,7 +384,7 @@ class Runtime:
         path = store or self.trace_store
         if not path:
             raise ValueError("no trace store: pass a path, or give the runtime trace_store")
-        self._engine.flush_traces()  # read-only units' traces not yet staged
+        self.flush_traces()
         spooler = self._make_spooler(path)
         try:
             spooler.store.open(wait)  # waits for the background spooler's round, if any
