@@ -295,3 +295,49 @@ def test_a_frontend_traces_into_its_store_unless_told_not_to(
     assert [(a["op"], a["function"], a["workflow_id"]) for a in history] == [
         ("insert", "reserve", "t-1")
     ]
+
+
+def test_a_deploy_with_a_new_table_gets_it_traced_with_its_types(
+    engine_url: str, tmp_path: Any
+) -> None:
+    # The frontend's spooler is restarted with the new version's schemas, so the new
+    # table's events are typed from its CREATE TABLE, not stored as text.
+    from apiary._tracing.store import TraceStore
+
+    store = tmp_path / "trace.duckdb"
+    added = (
+        HOTEL_SOURCE
+        + """
+
+app.schema("CREATE TABLE IF NOT EXISTS reviews (id INTEGER PRIMARY KEY, stars INTEGER, at DATE)")
+ADD_REVIEW = apiary.sql("INSERT INTO reviews (id, stars, at) VALUES (?, ?, ?)")
+
+
+@app.function
+def add_review(ctx: apiary.TxContext, id: int, stars: int, at: str) -> int:
+    return ctx.execute(ADD_REVIEW, id, stars, at)
+
+
+@app.workflow
+def review(id: int, stars: int, at: str):  # type: ignore[no-untyped-def]
+    return add_review(id, stars, at)
+"""
+    )
+    hotel = load_example("hotel")
+    with running_frontend(engine_url, hotel.app, trace_store=str(store)) as served:  # type: ignore[arg-type]
+        answer = call(
+            served, "POST", "/v1/apps", key="admin", body={"source": added, "module": "hotel_r"}
+        )
+        assert answer.status_code == 200, answer.text
+        body = {"id": 1, "stars": 5, "at": "2026-11-27"}
+        answer = call(served, "POST", "/v1/workflows/review", body=body)
+        assert answer.status_code == 200, answer.text
+    with TraceStore(str(store), {}, read_only=True) as found:
+        _, types = found.sql(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = 'reviews_events' AND column_name IN ('id', 'stars', 'at') "
+            "ORDER BY column_name"
+        )
+        assert types == [("at", "DATE"), ("id", "BIGINT"), ("stars", "BIGINT")]
+        (event,) = found.row_history("reviews", id=1)
+    assert event["op"] == "insert"

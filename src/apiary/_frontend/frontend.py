@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import uuid
 from dataclasses import dataclass
 
@@ -75,6 +76,7 @@ class Frontend:
         self.keys: KeyStore | None = None
         self.recovery: Recovery | None = None
         self.spooler: SpoolerProcess | None = None
+        self._spooler_lock = threading.Lock()
 
     def start(self) -> None:
         """Serve the configured app (deploying it if this version is new), then the
@@ -102,6 +104,7 @@ class Frontend:
             self.spooler = SpoolerProcess(
                 self.config.db, store, runtime.app.schemas, SPOOL_INTERVAL
             )
+            self.versions.on_new_current = self._follow_schemas
             self.spooler.start()
         log.info("frontend %s serves app %r version %s", self.id, runtime.app.name, runtime.version)
 
@@ -141,6 +144,23 @@ class Frontend:
         await self.recovery.beat()
         await self.recovery.sweep()
         self.recovery.start()
+
+    def _follow_schemas(self, runtime: Runtime) -> None:
+        """A new version declares other tables: restart the spooler with its schemas.
+
+        The spooler types each app table's events from the ``CREATE TABLE`` it was given;
+        a table it does not know would be stored as text. The new spooler starts before
+        the old one stops (they take turns on the store file).
+        """
+        schemas = list(runtime.app.schemas)
+        with self._spooler_lock:
+            old = self.spooler
+            if old is None or old.schemas == schemas:
+                return
+            new = SpoolerProcess(self.config.db, old.store, schemas, SPOOL_INTERVAL)
+            new.start()
+            self.spooler = new
+        old.stop()
 
     async def stop(self) -> None:
         """Stop recovery, retire the heartbeat, spool what is staged, close every runtime."""

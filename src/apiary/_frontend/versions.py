@@ -16,6 +16,7 @@ import importlib.util
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -131,6 +132,8 @@ class Versions:
         self._current: Runtime | None = None
         self._current_at = 0.0
         self._lock = threading.Lock()
+        #: Called with the runtime of each version that becomes the current one.
+        self.on_new_current: Callable[[Runtime], None] | None = None
 
     # -- runtimes ----------------------------------------------------------------------
 
@@ -167,8 +170,11 @@ class Versions:
                 runtime.close()
                 runtime = existing
             self._runtimes[runtime.version] = runtime
+            newer = deployed_at >= self._current_at and self._current is not runtime
             if deployed_at >= self._current_at:
                 self._current, self._current_at = runtime, deployed_at
+        if newer and self.on_new_current is not None:
+            self.on_new_current(runtime)
         return runtime
 
     # -- deploying -----------------------------------------------------------------------

@@ -32,8 +32,8 @@ Tables (identifiers are quoted; every ``ts`` is a ``TIMESTAMP`` in UTC, without 
 Column typing. An app column's DuckDB type comes from its declared SQL type
 (:func:`duckdb_type`): integers → ``BIGINT``; ``REAL``/``DOUBLE``/``FLOAT`` → ``DOUBLE``;
 ``NUMERIC(p, s)`` → ``DECIMAL(p, s)`` (``DOUBLE`` without a precision or beyond DuckDB's 38
-digits); text types → ``VARCHAR``; ``BLOB``/``BYTEA`` → ``BLOB``; ``BOOLEAN``; ``DATE``,
-``TIME``, ``TIMESTAMP``/``DATETIME`` → ``TIMESTAMP`` (an aware value is converted to UTC),
+digits); text types → ``VARCHAR``; ``BLOB``/``BYTEA`` → ``BLOB``; ``BOOLEAN``; ``DATE``;
+``TIME``; ``TIMESTAMP``/``DATETIME`` → ``TIMESTAMP`` (an aware value is converted to UTC),
 ``TIMESTAMPTZ`` (naive values are taken as UTC); ``UUID``; anything else (JSON, arrays,
 intervals, unknown names) → ``VARCHAR``. Dates and times are typed rather than kept as
 text, so that time ranges can be queried; the text both engines return (ISO 8601) is
