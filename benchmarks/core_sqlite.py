@@ -41,14 +41,13 @@ import sqlite3
 import statistics
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import apiary
+from benchmarks._harness import Round, run_threads
 
 ITEMS = 10_000
 CARTS = 1_000
@@ -316,25 +315,6 @@ def preload(path: Path) -> None:
 
 
 @dataclass
-class Round:
-    """One timed round of one system: throughput and latencies."""
-
-    workflows: int
-    seconds: float
-    latencies: list[float]
-
-    @property
-    def throughput(self) -> float:
-        """Workflows per second."""
-        return self.workflows / self.seconds
-
-    def percentile(self, q: float) -> float:
-        """Latency percentile ``q`` (0-100) in milliseconds, nearest rank."""
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] * 1000
-
-
-@dataclass
 class Result:
     """All rounds of one system at one thread count."""
 
@@ -350,44 +330,12 @@ class Result:
 
 def run_timed(runners: list[Runner], seconds: float, seed: int) -> Round:
     """Run workflows on every runner (one thread each) for ``seconds``."""
-    start_line = threading.Barrier(len(runners) + 1)
-    counts = [0] * len(runners)
-    latencies: list[list[float]] = [[] for _ in runners]
-    errors: list[BaseException] = []
-    deadline = 0.0
 
-    def work(index: int) -> None:
-        # Same argument sequence for every system: seeded by round and thread.
-        rng = random.Random(seed * 1000 + index)
-        runner = runners[index]
-        own = latencies[index]
-        clock = time.perf_counter
-        start_line.wait()
-        done = 0
-        try:
-            while True:
-                begun = clock()
-                if begun >= deadline:
-                    break
-                runner(rng.randint(1, CARTS), rng.randint(1, ITEMS), 1)
-                own.append(clock() - begun)
-                done += 1
-        except BaseException as exc:
-            errors.append(exc)
-        counts[index] = done
+    def next_call(index: int, rng: random.Random) -> Callable[[], Any]:
+        cart, item = rng.randint(1, CARTS), rng.randint(1, ITEMS)
+        return lambda: runners[index](cart, item, 1)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(runners))]
-    for thread in threads:
-        thread.start()
-    began = time.perf_counter()
-    deadline = began + seconds
-    start_line.wait()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - began
-    if errors:
-        raise errors[0]
-    return Round(sum(counts), elapsed, [x for own in latencies for x in own])
+    return run_threads(len(runners), next_call, seconds, seed)
 
 
 def bench_threads(
@@ -404,12 +352,12 @@ def bench_threads(
         results = {s.name: Result(s.name, threads) for s in systems}
         totals = dict.fromkeys(results, 0)
         for system in systems:
-            totals[system.name] += run_timed(runners[system.name], warmup, seed=0).workflows
+            totals[system.name] += run_timed(runners[system.name], warmup, seed=0).ops
         for number in range(1, rounds + 1):
             for system in systems:
                 measured = run_timed(runners[system.name], seconds, seed=number)
                 results[system.name].rounds.append(measured)
-                totals[system.name] += measured.workflows
+                totals[system.name] += measured.ops
                 print(
                     f"  threads={threads} round {number}/{rounds} {system.name:<22} "
                     f"{measured.throughput:8.0f} workflows/s",

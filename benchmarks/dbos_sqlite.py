@@ -34,11 +34,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from benchmarks._harness import run_threads
 
 # Same workload as benchmarks/core_sqlite.py.
 ITEMS = 10_000
@@ -236,52 +236,17 @@ def dbos_worker(root: Path, tuned: bool) -> tuple[Callable[[], Runner], Path]:
 
 def run_timed(runners: list[Runner], seconds: float, seed: int) -> dict[str, Any]:
     """Run workflows on every runner (one thread each) for ``seconds``."""
-    start_line = threading.Barrier(len(runners) + 1)
-    counts = [0] * len(runners)
-    latencies: list[list[float]] = [[] for _ in runners]
-    errors: list[BaseException] = []
-    deadline = 0.0
 
-    def work(index: int) -> None:
-        rng = random.Random(seed * 1000 + index)
-        runner = runners[index]
-        own = latencies[index]
-        clock = time.perf_counter
-        start_line.wait()
-        done = 0
-        try:
-            while True:
-                begun = clock()
-                if begun >= deadline:
-                    break
-                runner(rng.randint(1, CARTS), rng.randint(1, ITEMS), 1)
-                own.append(clock() - begun)
-                done += 1
-        except BaseException as exc:
-            errors.append(exc)
-        counts[index] = done
+    def next_call(index: int, rng: random.Random) -> Callable[[], Any]:
+        cart, item = rng.randint(1, CARTS), rng.randint(1, ITEMS)
+        return lambda: runners[index](cart, item, 1)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(runners))]
-    for thread in threads:
-        thread.start()
-    began = time.perf_counter()
-    deadline = began + seconds
-    start_line.wait()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - began
-    if errors:
-        raise errors[0]
-    ordered = sorted(x for own in latencies for x in own)
-
-    def percentile(q: float) -> float:
-        return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] * 1000
-
+    done = run_threads(len(runners), next_call, seconds, seed)
     return {
-        "workflows": sum(counts),
-        "seconds": elapsed,
-        "p50": percentile(50) if ordered else float("nan"),
-        "p99": percentile(99) if ordered else float("nan"),
+        "workflows": done.ops,
+        "seconds": done.seconds,
+        "p50": done.percentile(50),
+        "p99": done.percentile(99),
     }
 
 

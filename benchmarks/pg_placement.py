@@ -40,7 +40,6 @@ import platform
 import random
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import apiary
+from benchmarks._harness import Round, run_threads
 
 ROWS = 100_000
 DEFAULT_URL = os.environ.get(
@@ -291,25 +291,6 @@ def check_answers(system: System, workload: str) -> None:
 
 
 @dataclass
-class Round:
-    """One timed round of one system: calls completed and their latencies."""
-
-    calls: int
-    seconds: float
-    latencies: list[float]
-
-    @property
-    def throughput(self) -> float:
-        """Calls per second."""
-        return self.calls / self.seconds
-
-    def percentile(self, q: float) -> float:
-        """Latency percentile ``q`` (0-100) in milliseconds, nearest rank."""
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] * 1000
-
-
-@dataclass
 class Result:
     """All rounds of one system at one workload, k and client count."""
 
@@ -331,46 +312,12 @@ class Result:
 
 def run_timed(runners: Sequence[Runner], k: int, seconds: float, seed: int) -> Round:
     """Call every runner (one thread each) with k random keys, for ``seconds``."""
-    start_line = threading.Barrier(len(runners) + 1)
-    counts = [0] * len(runners)
-    latencies: list[list[float]] = [[] for _ in runners]
-    errors: list[BaseException] = []
-    deadline = 0.0
 
-    def work(index: int) -> None:
-        # Same key sequence for every system: seeded by round and thread.
-        rng = random.Random(seed * 1000 + index)
-        randint = rng.randint
-        runner = runners[index]
-        own = latencies[index]
-        clock = time.perf_counter
-        start_line.wait()
-        done = 0
-        try:
-            while True:
-                keys = [randint(1, ROWS) for _ in range(k)]
-                begun = clock()
-                if begun >= deadline:
-                    break
-                runner(keys)
-                own.append(clock() - begun)
-                done += 1
-        except BaseException as exc:
-            errors.append(exc)
-        counts[index] = done
+    def next_call(index: int, rng: random.Random) -> Callable[[], Any]:
+        keys = [rng.randint(1, ROWS) for _ in range(k)]
+        return lambda: runners[index](keys)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(runners))]
-    for thread in threads:
-        thread.start()
-    began = time.perf_counter()
-    deadline = began + seconds
-    start_line.wait()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - began
-    if errors:
-        raise errors[0]
-    return Round(sum(counts), elapsed, [x for own in latencies for x in own])
+    return run_threads(len(runners), next_call, seconds, seed)
 
 
 def bench_clients(
@@ -399,12 +346,12 @@ def bench_clients(
                 group = {s.name: Result(workload, k, clients, s.name) for s in systems}
                 done = 0
                 for system in systems:
-                    done += run_timed(runners[system.name], k, warmup, seed=0).calls
+                    done += run_timed(runners[system.name], k, warmup, seed=0).ops
                 for number in range(1, rounds + 1):
                     for system in systems:
                         measured = run_timed(runners[system.name], k, seconds, seed=number)
                         group[system.name].rounds.append(measured)
-                        done += measured.calls
+                        done += measured.ops
                         print(
                             f"  {workload} k={k} clients={clients} round {number}/{rounds} "
                             f"{system.name:<24} {measured.throughput:8.0f} calls/s",
