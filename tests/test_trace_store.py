@@ -653,12 +653,12 @@ spooler = Spooler(SqliteEngine(staging), store, batch=4)
 if mode == "crash":
     # Killed between the DuckDB commit and the OLTP delete of the third batch.
     delete, batches = Spooler._delete, []
-    def crashing_delete(self, ids):
+    def crashing_delete(self, part, ids):
         batches.append(ids)
         if len(batches) == 3:
             print(",".join(map(str, ids)), flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
-        delete(self, ids)
+        delete(self, part, ids)
     Spooler._delete = crashing_delete
     spooler.spool_all()
     sys.exit("not killed")

@@ -149,6 +149,15 @@ LOOKUP_OUTPUT = Statement(
     "ON o.workflow_id = w.workflow_id AND o.invocation_id = ? WHERE w.workflow_id = ?",
     system=True,
 )
+LOOKUP_LOCAL = Statement(
+    "SELECT output FROM {sys}outputs WHERE workflow_id = ? AND invocation_id = ?", system=True
+)
+OUTPUT_WORKFLOWS = Statement("SELECT DISTINCT workflow_id FROM {sys}outputs", system=True)
+DELETE_OUTPUTS = Statement("DELETE FROM {sys}outputs WHERE workflow_id = ?", system=True)
+FINISHED_AT = Statement(
+    "SELECT updated_at FROM {sys}workflows WHERE workflow_id = ? AND status <> 'PENDING'",
+    system=True,
+)
 RECORD_OUTPUT = Statement(
     "INSERT INTO {sys}outputs (invocation_id, workflow_id, output) VALUES (?, ?, ?)",
     system=True,
@@ -167,6 +176,10 @@ SYSTEM_STATEMENTS = (
     GET_WORKFLOW,
     END_WORKFLOW,
     LOOKUP_OUTPUT,
+    LOOKUP_LOCAL,
+    OUTPUT_WORKFLOWS,
+    DELETE_OUTPUTS,
+    FINISHED_AT,
     RECORD_OUTPUT,
     LIST_PENDING,
     NEW_CLIENT,
@@ -296,6 +309,38 @@ def lookup_output(
     if status != PENDING:
         return get_workflow(db, workflow_id), None
     return None, output
+
+
+def lookup_local(db: Database, workflow_id: str, invocation_id: str) -> str | None:
+    """Find a recorded output in a database that does not hold the workflow's status row.
+
+    On a cluster a unit running on another partition than its workflow ID's records its
+    output there; those outputs outlive the workflow's end (the status change cannot
+    delete them on another partition) until :func:`forget_outputs` removes them, so a
+    late concurrent run of the workflow still finds them instead of running again.
+    """
+    rows = db.query(LOOKUP_LOCAL, (workflow_id, invocation_id))
+    return str(rows[0][0]) if rows else None
+
+
+def output_workflows(db: Database) -> list[str]:
+    """IDs of the workflows with recorded outputs in this database."""
+    return [row[0] for row in db.query(OUTPUT_WORKFLOWS, ())]
+
+
+def finished_before(db: Database, workflow_ids: Sequence[str], cutoff: float) -> list[str]:
+    """Those of ``workflow_ids`` whose status rows here ended before ``cutoff``."""
+    done = []
+    for workflow_id in workflow_ids:
+        rows = db.query(FINISHED_AT, (workflow_id,))
+        if rows and rows[0][0] < cutoff:
+            done.append(workflow_id)
+    return done
+
+
+def forget_outputs(db: Database, workflow_ids: Sequence[str]) -> int:
+    """Delete the recorded outputs of finished workflows; return how many rows went."""
+    return sum(db.execute(DELETE_OUTPUTS, (workflow_id,)) for workflow_id in workflow_ids)
 
 
 def record_output(db: Database, workflow_id: str, invocation_id: str, output: str) -> None:

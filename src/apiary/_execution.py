@@ -24,6 +24,7 @@ from apiary._bookkeeping import (
     WorkflowRecord,
     begin_workflow,
     end_workflow,
+    lookup_local,
     lookup_output,
     record_output,
 )
@@ -254,9 +255,11 @@ class UnitSpec:
         recorded: the unit looks up and records its output (selective function recording).
         starts: the unit also creates the workflow's status row (it is the only root).
         finishes: the unit also finishes the workflow; ``output`` is the output template.
+        route: where the unit runs on a cluster (a ``_partitioning.Route``; set in the
+            application process only, never shipped).
     """
 
-    __slots__ = ("finishes", "id", "members", "output", "read_only", "recorded", "starts")
+    __slots__ = ("finishes", "id", "members", "output", "read_only", "recorded", "route", "starts")
 
     def __init__(
         self,
@@ -276,6 +279,7 @@ class UnitSpec:
         self.starts = starts
         self.finishes = finishes
         self.output = output
+        self.route: Any = None
 
     @property
     def writes(self) -> bool:
@@ -332,9 +336,12 @@ class UnitRequest:
             ``{"name", "inputs", "owner", "version"}`` (``inputs`` is canonical JSON).
         call_id: invocation ID of a direct call (``workflow_id`` is ``None``).
         trace: stage what the unit's functions touch (tracing on).
+        home: the workflow's status row is in this database. On a cluster it is not when
+            the unit runs on another partition than the workflow ID's: a recorded unit
+            then looks up its output alone (:func:`~apiary._bookkeeping.lookup_local`).
     """
 
-    __slots__ = ("call_id", "inputs", "params", "start", "trace", "workflow_id")
+    __slots__ = ("call_id", "home", "inputs", "params", "start", "trace", "workflow_id")
 
     def __init__(
         self,
@@ -344,8 +351,10 @@ class UnitRequest:
         start: Mapping[str, Any] | None = None,
         call_id: str | None = None,
         trace: bool = False,
+        home: bool = True,
     ) -> None:
         self.trace = trace
+        self.home = home
         self.workflow_id = workflow_id
         self.params = params
         self.inputs = inputs if inputs is not None else {}
@@ -417,9 +426,12 @@ def run_unit(
         if finished is not None:
             return UnitOutcome(None, finished)
     if unit.recorded and not fresh and workflow_id is not None:
-        finished, recorded = lookup_output(db, workflow_id, invocation_id or "")
-        if finished is not None:
-            return UnitOutcome(None, finished)
+        if request.home:
+            finished, recorded = lookup_output(db, workflow_id, invocation_id or "")
+            if finished is not None:
+                return UnitOutcome(None, finished)
+        else:
+            recorded = lookup_local(db, workflow_id, invocation_id or "")
         if recorded is not None:
             return UnitOutcome(_codec.loads(recorded))
 

@@ -54,6 +54,9 @@ SYSTEM_OPS = (
     "record_once",
     "get_workflow",
     "list_pending",
+    "output_workflows",
+    "finished_before",
+    "forget_outputs",
     "new_client_id",
 )
 
@@ -140,7 +143,15 @@ def make_shim(errors: types.ModuleType, execution: types.ModuleType, shim: types
         def schema(self, ddl: str) -> None:
             """Schemas are installed from the client; nothing to do here."""
 
-        def function(self, fn: Any = None, /, *, partition: str | None = None) -> Any:
+        def partition(self, table: str, *, by: str) -> None:
+            """Partitioning is routed and checked from the client; nothing to do here."""
+
+        def replicate(self, table: str) -> None:
+            """Partitioning is routed and checked from the client; nothing to do here."""
+
+        def function(
+            self, fn: Any = None, /, *, partition: str | None = None, combine: Any = None
+        ) -> Any:
             def register(f: Callable[..., Any]) -> Callable[..., Any]:
                 self.functions[f.__name__] = f
                 return f
@@ -294,6 +305,7 @@ class InDatabaseRuntime:
             data.get("s"),
             data.get("c"),
             bool(data.get("t")),
+            data.get("h", True),
         )
         try:
             outcome = execution.run_unit(self.db, unit, self.functions, request, self.plans)

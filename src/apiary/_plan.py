@@ -67,8 +67,14 @@ def _function(app: App, workflow: str, node: Node) -> FunctionDef:
     return defn
 
 
-def compile_plan(app: App, workflow: WorkflowDef, record: RecordMode = "sfr") -> WorkflowPlan:
-    """Build the plan of ``workflow`` for a record mode."""
+def compile_plan(
+    app: App, workflow: WorkflowDef, record: RecordMode = "sfr", *, fuse: bool = True
+) -> WorkflowPlan:
+    """Build the plan of ``workflow`` for a record mode.
+
+    ``fuse=False`` keeps the status row out of the units' transactions (a cluster, where
+    the status row lives on the partition of the workflow ID, not of a unit's key).
+    """
     if record not in RECORD_MODES:
         raise ValueError(f"record must be one of {RECORD_MODES}, not {record!r}")
     graph = workflow.graph
@@ -120,10 +126,10 @@ def compile_plan(app: App, workflow: WorkflowDef, record: RecordMode = "sfr") ->
         recorded = set()
     status_row = bool(recorded) or (record == "all")
 
-    starter = _starter(ids, members, children, recorded) if status_row else None
+    starter = _starter(ids, members, children, recorded) if status_row and fuse else None
     starts_fused = starter is not None
     sinks = [i for i in range(len(ids)) if not children[ids[i]]]
-    finishes_fused = status_row and len(sinks) == 1 and not members[sinks[0]][0].step
+    finishes_fused = fuse and status_row and len(sinks) == 1 and not members[sinks[0]][0].step
 
     tasks: list[Task] = []
     for index, group in enumerate(members):

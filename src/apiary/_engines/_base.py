@@ -46,6 +46,8 @@ class Engine(ABC):
 
     #: Short engine name, e.g. ``"sqlite"``.
     name = ""
+    #: The data is spread over partitions (:mod:`apiary._engines.cluster`).
+    partitioned = False
 
     def __init__(self, executor: concurrent.futures.Executor) -> None:
         self.executor = executor
@@ -100,6 +102,15 @@ class Engine(ABC):
         return self.transact(
             lambda db: run_unit(db, unit, functions, request, plans), write=unit.writes
         )
+
+    def partitions(self) -> Sequence[Engine]:
+        """The engines of the databases holding data: this one, or a cluster's partitions
+        (the spooler and recovery visit each)."""
+        return [self]
+
+    def home(self, workflow_id: str) -> Engine:
+        """The engine of the database holding a workflow's status row."""
+        return self
 
     def flush_traces(self) -> int:
         """Stage the read-only units' traces still held here now; return how many."""

@@ -175,11 +175,17 @@ def system_stub_name(app: str) -> str:
 def _translate_call_error(exc: psycopg.Error) -> Exception:
     state = exc.sqlstate
     diag = exc.diag
+    # Through PL/Proxy (a cluster's proxy routing) the partition's error arrives with its
+    # SQLSTATE, its message prefixed "<function>: [<db>] REMOTE ERROR: " and its detail
+    # prefixed "Remote detail: ".
+    detail = (diag.message_detail or "").removeprefix("Remote detail: ")
     if state == FUNCTION_ERROR_STATE:
-        return FunctionError.from_json(json.loads(diag.message_detail or "{}"))
+        return FunctionError.from_json(json.loads(detail or "{}"))
     if state == VERSION_MISMATCH_STATE:
-        return VersionMismatch(diag.message_detail or "")
-    message = (diag.message_primary or str(exc)).removeprefix("plpy.Error: ")
+        return VersionMismatch(detail)
+    message = diag.message_primary or str(exc)
+    message = message.partition(" REMOTE ERROR: ")[2] or message
+    message = message.removeprefix("plpy.Error: ")
     if state == WORKFLOW_CONFLICT_STATE:
         return WorkflowConflictError(message)
     if state == NOT_INSTALLED_STATE or isinstance(exc, psycopg.errors.UndefinedFunction):
@@ -336,16 +342,17 @@ class PostgresEngine(Engine):
 
     def _unit_call(self, unit: UnitSpec, request: UnitRequest) -> tuple[str, tuple[Any, ...]]:
         assert self.app is not None, "bind() the app first"
-        payload = _codec.dumps(
-            {
-                "w": request.workflow_id,
-                "p": request.params,
-                "i": request.inputs,
-                "s": request.start,
-                "c": request.call_id,
-                "t": request.trace,
-            }
-        )
+        data = {
+            "w": request.workflow_id,
+            "p": request.params,
+            "i": request.inputs,
+            "s": request.start,
+            "c": request.call_id,
+            "t": request.trace,
+        }
+        if not request.home:
+            data["h"] = False
+        payload = _codec.dumps(data)
         return self._stub_call(unit), (self.app.version, payload)
 
     def _system_call(

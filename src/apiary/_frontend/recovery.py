@@ -24,6 +24,10 @@ from apiary._frontend.versions import Versions
 
 log = logging.getLogger("apiary.frontend")
 
+#: Seconds between a cluster frontend's rounds of deleting finished workflows' outputs
+#: left on other partitions (``Runtime.forget_outputs``).
+FORGET_INTERVAL = 300.0
+
 HEARTBEAT = Statement(
     "INSERT INTO {sys}frontends (frontend_id, address, started_at, heartbeat_at) "
     "VALUES (?, ?, ?, ?) ON CONFLICT (frontend_id) DO UPDATE "
@@ -90,23 +94,50 @@ class Recovery:
         self.recovered: list[str] = []
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._next_forget = 0.0
 
     async def beat(self) -> None:
-        """Renew the heartbeat (and pick up a version deployed elsewhere)."""
-        runtime = self.versions.current
-        await self.versions.in_executor(
-            lambda: runtime._engine.transact(
-                lambda db: heartbeat(db, self.frontend_id, self.address, self.started_at),
-                write=True,
-            )
-        )
+        """Renew the heartbeat (and pick up a version deployed elsewhere).
+
+        On a cluster the heartbeat goes to every partition, since each holds the status
+        rows of its workflow IDs (an unreachable partition is skipped until it returns).
+        """
+        engine = self.versions.current._engine
+        failure: Exception | None = None
+        for part in engine.partitions():
+            try:
+                await self.versions.in_executor(
+                    lambda p=part: p.transact(
+                        lambda db: heartbeat(db, self.frontend_id, self.address, self.started_at),
+                        write=True,
+                    )
+                )
+            except ApiaryError as exc:
+                failure = failure or exc
         await self.versions.in_executor(self.versions.refresh)
+        if failure is not None:
+            raise failure
 
     async def sweep(self) -> int:
         """Claim and start finishing orphaned workflows; return how many were claimed."""
         runtime = self.versions.current
+        claimed = 0
+        failure: Exception | None = None
+        for part in runtime._engine.partitions():
+            try:
+                claimed += await self._sweep_partition(part)
+            except ApiaryError as exc:
+                failure = failure or exc
+        if runtime._engine.partitioned and time.monotonic() >= self._next_forget:
+            self._next_forget = time.monotonic() + FORGET_INTERVAL
+            await self.versions.in_executor(runtime.forget_outputs)
+        if failure is not None:
+            raise failure
+        return claimed
+
+    async def _sweep_partition(self, part: Any) -> int:
         orphans = await self.versions.in_executor(
-            lambda: runtime._engine.transact(
+            lambda: part.transact(
                 lambda db: find_orphans(
                     db, self.frontend_id, expiry=self.expiry, orphan_after=self.orphan_after
                 ),
@@ -118,7 +149,7 @@ class Recovery:
             if any(task.get_name() == workflow_id for task in self._running):
                 continue
             won = await self.versions.in_executor(
-                lambda w=workflow_id, o=owner: runtime._engine.transact(
+                lambda w=workflow_id, o=owner: part.transact(
                     lambda db: claim(db, self.frontend_id, w, o), write=True
                 )
             )
@@ -173,12 +204,12 @@ class Recovery:
             self._task = None
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
-        try:
-            runtime = self.versions.current
-            await self.versions.in_executor(
-                lambda: runtime._engine.transact(
-                    lambda db: db.execute(RETIRE, (self.frontend_id,)), write=True
+        for part in self.versions.current._engine.partitions():
+            try:
+                await self.versions.in_executor(
+                    lambda p=part: p.transact(
+                        lambda db: db.execute(RETIRE, (self.frontend_id,)), write=True
+                    )
                 )
-            )
-        except Exception as exc:
-            log.warning("could not retire heartbeat: %s", exc)
+            except Exception as exc:
+                log.warning("could not retire heartbeat: %s", exc)

@@ -77,31 +77,49 @@ class Spooler:
         self._stopping = threading.Event()
         self._warned = False
         self._release = False
+        self._full = False
 
     def spool_once(self) -> int:
-        """Move one batch; return how many staged rows it removed from staging."""
+        """Move one batch from each database holding data (one, or a cluster's
+        partitions); return how many staged rows it removed from staging.
+
+        A partition that cannot be reached does not hold up the others: they are spooled,
+        then its error is raised.
+        """
+        parts = self.engine.partitions() if hasattr(self.engine, "partitions") else [self.engine]
+        moved = 0
+        self._full = False
+        failure: BaseException | None = None
         with self._lock:
-            found = self.engine.transact(self._read, write=False)
-            if not found:
-                return 0
-            stored = self.store.ingest(found)
-            self._delete(stored)
-            return len(stored)
+            for part in parts:
+                try:
+                    found = part.transact(self._read, write=False)
+                    if not found:
+                        continue
+                    stored = self.store.ingest(found)
+                    self._delete(part, stored)
+                except DatabaseUnavailableError as exc:
+                    failure = failure or exc
+                    continue
+                moved += len(stored)
+                self._full = self._full or len(found) >= self.batch
+        if failure is not None:
+            raise failure
+        return moved
 
     def spool_all(self) -> int:
         """Move batches until staging is empty; return how many rows were moved."""
         total = 0
         while True:
-            moved = self.spool_once()
-            total += moved
-            if moved < self.batch:  # the read saw all there was
+            total += self.spool_once()
+            if not self._full:  # every read saw all there was
                 return total
 
     def _read(self, db: Database) -> list[StagedRow]:
         rows = db.query(_STAGED, (self.batch,))
         return [(int(i), w, v, str(p)) for i, w, v, p in rows]
 
-    def _delete(self, ids: Sequence[int]) -> None:
+    def _delete(self, part: TransactionRunner, ids: Sequence[int]) -> None:
         """Delete staged rows by id (after they are safely in the store)."""
 
         def delete(db: Database) -> None:
@@ -110,7 +128,7 @@ class Spooler:
                 db.execute(_DELETE, chunk + [chunk[0]] * (_CHUNK - len(chunk)))
 
         if ids:
-            self.engine.transact(delete, write=True)
+            part.transact(delete, write=True)
 
     # -- background thread -----------------------------------------------------------
 
@@ -162,14 +180,17 @@ class Spooler:
         failure: str | None = None
         while not self._stopping.is_set():
             try:
-                moved = self._round() if self._release else self.spool_once()
+                if self._release:
+                    self._round()
+                else:
+                    self.spool_once()
                 failure = None
             except Exception as exc:  # the database may be down: keep trying
                 if repr(exc) != failure:  # once per distinct failure, not every interval
                     log.exception("spooling traces failed; retrying every %s s", interval)
                 failure = repr(exc)
-                moved = 0
-            if moved < self.batch:  # staging was drained: wait (a full batch: go on)
+                self._full = False
+            if not self._full:  # staging was drained: wait (a full batch: go on)
                 self._stopping.wait(interval)
 
     def _round(self, wait: float = 0.0) -> int:
