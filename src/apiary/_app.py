@@ -23,6 +23,9 @@ from apiary._sql import info_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: How a function run on every partition (``combine=``) may merge its results.
+COMBINERS = ("concat", "sum", "min", "max", "any", "all")
+
 
 class CallableDef:
     """A registered function or step: callable from a workflow body (which records a node)
@@ -79,14 +82,33 @@ class CallableDef:
 class FunctionDef(CallableDef):
     """A transactional function: runs as (part of) one ACID transaction in the database."""
 
-    def __init__(self, app: App, fn: Callable[..., Any], partition: str | None) -> None:
+    def __init__(
+        self,
+        app: App,
+        fn: Callable[..., Any],
+        partition: str | None,
+        combine: str | Callable[[list[Any]], Any] | None = None,
+    ) -> None:
         super().__init__(app, fn, "function")
         if partition is not None and partition not in self.params:
             raise RegistrationError(
                 f"function {self.name!r}: partition={partition!r} is not one of its "
                 f"parameters {self.params}"
             )
+        if combine is not None:
+            if partition is not None:
+                raise RegistrationError(
+                    f"function {self.name!r}: partition= and combine= exclude each other "
+                    "(a function runs on the partition of its key, or on every partition "
+                    "with its results combined)"
+                )
+            if not callable(combine) and combine not in COMBINERS:
+                raise RegistrationError(
+                    f"function {self.name!r}: combine={combine!r} is not one of "
+                    f"{', '.join(COMBINERS)} nor a callable taking the list of results"
+                )
         self.partition = partition
+        self.combine = combine
         check_no_raw_sql(fn, f"function {self.name!r}")
         self._statements: list[Statement] | None = None
 
@@ -160,6 +182,8 @@ class AppInfo:
     schema: tuple[str, ...]
     version: str
     modules: tuple[str, ...]
+    #: ``(table, column)`` for partitioned tables, ``(table, None)`` for replicated ones.
+    partitioning: tuple[tuple[str, str | None], ...] = ()
 
 
 class App:
@@ -179,6 +203,40 @@ class App:
         self.functions: dict[str, FunctionDef] = {}
         self.steps: dict[str, StepDef] = {}
         self.workflows: dict[str, WorkflowDef] = {}
+        #: Table name to its partition column, or ``None`` for a replicated table.
+        self.partitioning: dict[str, str | None] = {}
+
+    def partition(self, table: str, *, by: str) -> None:
+        """Declare ``table`` partitioned by column ``by``: on a cluster each row lives
+        only on the partition that owns its ``by`` value (``docs/SCALING.md``)."""
+        self._declare(table, by)
+
+    def replicate(self, table: str) -> None:
+        """Declare ``table`` replicated: every partition of a cluster holds all of it.
+        Functions may only read it (a write would have to reach every partition)."""
+        self._declare(table, None)
+
+    def _declare(self, table: str, column: str | None) -> None:
+        for name, what in ((table, "table"), (column, "column")):
+            if name is not None and (not isinstance(name, str) or not name.isidentifier()):
+                raise RegistrationError(
+                    f"app {self.name!r}: {what} name {name!r} is not an identifier"
+                )
+        if table in self.partitioning and self.partitioning[table] != column:
+            raise RegistrationError(
+                f"app {self.name!r}: table {table!r} is already declared "
+                + (
+                    f"partitioned by {self.partitioning[table]!r}"
+                    if self.partitioning[table]
+                    else "replicated"
+                )
+            )
+        self.partitioning[table] = column
+
+    @property
+    def partitioned(self) -> bool:
+        """Whether the app declares how its tables spread over a cluster."""
+        return bool(self.partitioning)
 
     def schema(self, ddl: str) -> None:
         """Add DDL run by ``install`` (use ``CREATE TABLE IF NOT EXISTS``; portable SQL)."""
@@ -194,22 +252,45 @@ class App:
             )
 
     @overload
-    def function(self, fn: F, /, *, partition: str | None = None) -> F: ...
+    def function(
+        self,
+        fn: F,
+        /,
+        *,
+        partition: str | None = None,
+        combine: str | Callable[[list[Any]], Any] | None = None,
+    ) -> F: ...
 
     @overload
-    def function(self, fn: None = None, /, *, partition: str | None = None) -> Callable[[F], F]: ...
+    def function(
+        self,
+        fn: None = None,
+        /,
+        *,
+        partition: str | None = None,
+        combine: str | Callable[[list[Any]], Any] | None = None,
+    ) -> Callable[[F], F]: ...
 
     def function(
-        self, fn: Callable[..., Any] | None = None, /, *, partition: str | None = None
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        partition: str | None = None,
+        combine: str | Callable[[list[Any]], Any] | None = None,
     ) -> Any:
         """Register a transactional function: ``def f(ctx: TxContext, ...) -> JSON value``.
 
         Each call runs as one serializable ACID transaction (or inside its group's).
-        ``partition`` names the argument whose value locates the data it touches.
+        ``partition`` names the argument whose value locates the data it touches: on a
+        cluster the function runs on the partition that owns that value. A read-only
+        function without one may run on every partition; ``combine`` says how its
+        results merge: ``"concat"`` (lists), ``"sum"``, ``"min"``, ``"max"``, ``"any"``,
+        ``"all"``, or a callable taking the list of results (``docs/SCALING.md``).
         """
 
         def register(f: Callable[..., Any]) -> Any:
-            defn = FunctionDef(self, f, partition)
+            defn = FunctionDef(self, f, partition, combine)
             self._claim(defn.name)
             self.functions[defn.name] = defn
             return defn
@@ -261,7 +342,13 @@ class App:
 
     def info(self) -> AppInfo:
         """Name, schema, version and modules, for installing the app."""
-        return AppInfo(self.name, tuple(self.schemas), self.version(), self.modules())
+        return AppInfo(
+            self.name,
+            tuple(self.schemas),
+            self.version(),
+            self.modules(),
+            tuple(sorted(self.partitioning.items())),
+        )
 
     def version(self) -> str:
         """A digest of the app's code: changes when any of its modules' source changes."""
@@ -277,6 +364,8 @@ class App:
                         digest.update(code.co_code)
         for ddl in self.schemas:
             digest.update(ddl.encode())
+        if self.partitioning:
+            digest.update(repr(sorted(self.partitioning.items())).encode())
         return digest.hexdigest()[:16]
 
     def __repr__(self) -> str:

@@ -25,8 +25,15 @@ if TYPE_CHECKING:
     from apiary._tracing.spool_process import SpoolerProcess
 from apiary._database import Statement
 from apiary._engines import DeclaredStatement, Engine, open_engine
-from apiary._errors import ApiaryError, FunctionError, InvalidArgumentsError, NotFoundError
+from apiary._errors import (
+    ApiaryError,
+    FunctionError,
+    InvalidArgumentsError,
+    NotFoundError,
+    RegistrationError,
+)
 from apiary._execution import UnitRequest, UnitSpec
+from apiary._partitioning import assign_routes, check_tables
 from apiary._plan import RECORD_MODES, RecordMode, WorkflowPlan, call_unit, compile_plan
 from apiary._scheduler import WorkflowRun
 
@@ -116,14 +123,6 @@ class Runtime:
         self.record: RecordMode = record
         self.pin_version = pin_version
         self.trace = trace
-        # Compiling every plan now finds each function's statements, so a misdeclared
-        # app fails here, before any database work.
-        self._plans: dict[str, WorkflowPlan] = {
-            name: compile_plan(app, wf, record) for name, wf in app.workflows.items()
-        }
-        self._call_units: dict[str, UnitSpec] = {
-            name: call_unit(defn) for name, defn in app.functions.items()
-        }
         # Workflow and function names are unique within an app, so one table serves both.
         self._binders: dict[str, _Binder] = {
             name: _Binder(defn) for name, defn in app.workflows.items()
@@ -136,8 +135,29 @@ class Runtime:
         )
         try:
             self._engine: Engine = open_engine(url, self._pool)
+            if self._engine.partitioned and not app.partitioned:
+                raise RegistrationError(
+                    f"app {app.name!r} runs on a cluster but declares no partitioning: "
+                    "declare each table with app.partition(table, by=column) or "
+                    "app.replicate(table) (docs/SCALING.md)"
+                )
+            # Compiling every plan now finds each function's statements, so a misdeclared
+            # app fails here, before any database work (a partitioned app's units are
+            # checked and routed too, on every engine).
+            self._fuse = not self._engine.partitioned
+            if app.partitioned:
+                check_tables(app)
+            self._plans: dict[str, WorkflowPlan] = {
+                name: self._compile(wf, record) for name, wf in app.workflows.items()
+            }
+            self._call_units: dict[str, UnitSpec] = {
+                name: call_unit(defn) for name, defn in app.functions.items()
+            }
+            assign_routes(app, list(self._call_units.values()))
         except BaseException:
             self._pool.shutdown(wait=False)
+            if hasattr(self, "_engine"):
+                self._engine.close()
             raise
         self._captures = capture_plans(app) if trace else None
         self._engine.bind(app.info(), app.callables(), self._captures)
@@ -173,10 +193,15 @@ class Runtime:
         for mode in RECORD_MODES:
             for workflow in self.app.workflows.values():
                 plan = self._plans[workflow.name] if mode == self.record else None
-                plan = plan or compile_plan(self.app, workflow, mode)
+                plan = plan or self._compile(workflow, mode)
                 units += [task.unit for task in plan.tasks if task.unit is not None]
         self._engine.install(self.app.info(), declared, units, self._captures)
         self._start_spooling()
+
+    def _compile(self, workflow: WorkflowDef, record: RecordMode) -> WorkflowPlan:
+        plan = compile_plan(self.app, workflow, record, fuse=self._fuse)
+        assign_routes(self.app, [task.unit for task in plan.tasks if task.unit is not None])
+        return plan
 
     # -- workflows -------------------------------------------------------------------
 
@@ -315,6 +340,8 @@ class Runtime:
                     failures.append((workflow_id, exc))
                     continue
             finished.append(workflow_id)
+        if self._engine.partitioned:
+            self.forget_outputs()
         if failures:
             first_id, first = failures[0]
             raise type(first)(
@@ -322,6 +349,20 @@ class Runtime:
                 f"first {first_id!r}: {first}"
             ) from first
         return finished
+
+    def forget_outputs(self, retention: float | None = None) -> int:
+        """On a cluster: delete the recorded outputs that units of finished workflows
+        left on partitions other than their workflow's (kept ``retention`` seconds,
+        by default an hour, after the workflow ended); returns how many. Elsewhere the
+        end of a workflow deletes its outputs at once, and this returns 0.
+
+        A frontend does this every five minutes; an application running a ``Runtime``
+        on a cluster should call it now and then (``recover()`` does too).
+        """
+        forget = getattr(self._engine, "forget_outputs", None)
+        if forget is None:
+            return 0
+        return int(forget() if retention is None else forget(retention))
 
     # -- identity --------------------------------------------------------------------
 

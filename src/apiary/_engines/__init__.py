@@ -10,7 +10,8 @@ __all__ = ["DeclaredStatement", "Engine", "open_engine"]
 
 
 def open_engine(url: str, executor: concurrent.futures.Executor) -> Engine:
-    """Open the engine a URL names: ``sqlite:///path`` or ``postgresql://...``."""
+    """Open the engine a URL names: ``sqlite:///path``, ``postgresql://...`` or
+    ``cluster:PATH``."""
     if not isinstance(url, str):
         raise TypeError(f"the database URL must be a str, not {type(url).__name__}")
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
@@ -27,7 +28,12 @@ def open_engine(url: str, executor: concurrent.futures.Executor) -> Engine:
             ) from exc
 
         return PostgresEngine.from_url(url, executor)
+    if scheme == "cluster":
+        from apiary._engines.cluster import ClusterEngine
+
+        return ClusterEngine.from_url(url, executor)
     raise ValueError(
         f"unsupported database URL {url!r}: expected sqlite:///path/to/file.db "
-        "(the embedded default) or postgresql://user:password@host:port/database"
+        "(the embedded default), postgresql://user:password@host:port/database or "
+        "cluster:PATH (a partitioned PostgreSQL cluster described by a TOML file)"
     )

@@ -1,0 +1,560 @@
+"""The cluster engine: an app partitioned over several PostgreSQL databases.
+
+``cluster:PATH`` names a TOML file (``cluster:///etc/apiary/cluster.toml`` for an absolute
+path; ``?routing=proxy`` overrides its routing)::
+
+    partitions = [                      # N databases, N a power of two, in this order
+        "postgresql://apiary:pw@db1:5432/apiary_p0",
+        "postgresql://apiary:pw@db1:5432/apiary_p1",
+        "postgresql://apiary:pw@db2:5432/apiary_p2",
+        "postgresql://apiary:pw@db2:5432/apiary_p3",
+    ]
+    proxy = "postgresql://apiary:pw@db1:5432/apiary_proxy"   # PL/Proxy routing functions
+    routing = "direct"                  # or "proxy"
+
+Every partition is a complete Apiary database (system tables, the app's schema, its
+compiled units); each partitioned table carries a ``CHECK`` constraint that admits only
+the rows whose key the partition owns (:mod:`apiary._partitioning`). A unit runs on the
+partition that owns its key: called directly on that partition (``routing = "direct"``:
+this process computes the partition) or through the same-named PL/Proxy function in the
+proxy database (``"proxy"``), which computes it in SQL and calls the partition. A
+workflow's status row lives on the partition of its workflow ID, with its steps' outputs;
+a unit's recorded output lives with the unit. Tables of the frontend (API keys,
+deployments, heartbeats) live on partition 0, the *control* partition.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import time
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from apiary import _bookkeeping
+from apiary._app import AppInfo
+from apiary._capture import CapturePlan
+from apiary._database import RETRY_SECONDS, Database, backoff_delay, retry_attempts
+from apiary._engines._base import DeclaredStatement, Engine
+from apiary._engines.postgres import SYSTEM_SCHEMA, PostgresEngine, stub_name
+from apiary._errors import (
+    ApiaryError,
+    DatabaseUnavailableError,
+    FunctionError,
+    NotInstalledError,
+    TransactionConflictError,
+)
+from apiary._execution import UnitOutcome, UnitRequest, UnitSpec, resolve
+from apiary._partitioning import HASH_SQL, combine, key_text, partition_hash
+
+T = TypeVar("T")
+
+log = logging.getLogger("apiary.cluster")
+
+ROUTINGS = ("direct", "proxy")
+#: The PL/Proxy cluster (an SQL/MED server in the proxy database).
+PROXY_CLUSTER = "apiary_cluster"
+#: Recorded outputs of units that ran off their workflow's home partition are kept this
+#: many seconds after the workflow ended (see :func:`sweep_outputs`).
+OUTPUT_RETENTION = 3600.0
+
+# Options of a partition URL that are Apiary's, not libpq's (PostgresEngine.from_url).
+_OWN_OPTIONS = ("placement", "pool_min", "pool_max", "pool_timeout")
+
+
+class ClusterConfigError(ApiaryError, ValueError):
+    """The cluster configuration is missing or wrong (names the file and the field)."""
+
+
+class ClusterConfig:
+    """A parsed cluster configuration (see the module docstring)."""
+
+    def __init__(
+        self, partitions: Sequence[str], proxy: str | None, routing: str, source: str
+    ) -> None:
+        self.partitions = list(partitions)
+        self.proxy = proxy
+        self.routing = routing
+        self.source = source
+
+    @classmethod
+    def from_url(cls, url: str) -> ClusterConfig:
+        """Read ``cluster:PATH[?routing=direct|proxy]``."""
+        rest = url.split(":", 1)[1]
+        rest, _, query = rest.partition("?")
+        path = urlsplit("cluster:" + rest).path if rest.startswith("//") else rest
+        if not path:
+            raise ClusterConfigError(f"{url!r}: expected cluster:PATH to a TOML file")
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ClusterConfigError(f"cluster configuration {path!r} does not exist") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ClusterConfigError(f"cluster configuration {path!r}: {exc}") from None
+        options = dict(parse_qsl(query))
+        unknown = sorted(set(options) - {"routing"})
+        if unknown:
+            raise ClusterConfigError(f"{url!r}: unknown option(s) {', '.join(unknown)}")
+        if "routing" in options:
+            data["routing"] = options["routing"]
+        return cls.from_dict(data, path)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "<cluster>") -> ClusterConfig:
+        """Check the fields; raise :class:`ClusterConfigError` naming the wrong one."""
+        unknown = sorted(set(data) - {"partitions", "proxy", "routing"})
+        if unknown:
+            raise ClusterConfigError(f"{source}: unknown field(s) {', '.join(unknown)}")
+        parts = data.get("partitions")
+        if not isinstance(parts, list) or not parts:
+            raise ClusterConfigError(f"{source}: 'partitions' must be a non-empty list of URLs")
+        count = len(parts)
+        if count & (count - 1):
+            raise ClusterConfigError(
+                f"{source}: 'partitions' lists {count} databases; the count must be a power "
+                "of two (1, 2, 4, 8, ...) so that keys split evenly and PL/Proxy can route"
+            )
+        for index, part in enumerate(parts):
+            if not isinstance(part, str) or not part.startswith(("postgresql://", "postgres://")):
+                raise ClusterConfigError(
+                    f"{source}: partitions[{index}] must be a postgresql:// URL, not {part!r}"
+                )
+        if len(set(map(_identity, parts))) != count:
+            raise ClusterConfigError(f"{source}: 'partitions' names one database twice")
+        proxy = data.get("proxy")
+        if proxy is not None and (
+            not isinstance(proxy, str) or not proxy.startswith(("postgresql://", "postgres://"))
+        ):
+            raise ClusterConfigError(
+                f"{source}: 'proxy' must be a postgresql:// URL, not {proxy!r}"
+            )
+        if proxy is not None and _identity(proxy) in set(map(_identity, parts)):
+            raise ClusterConfigError(f"{source}: 'proxy' must be a database of its own")
+        routing = data.get("routing", "direct")
+        if routing not in ROUTINGS:
+            raise ClusterConfigError(
+                f"{source}: 'routing' must be one of {', '.join(ROUTINGS)}, not {routing!r}"
+            )
+        if routing == "proxy" and proxy is None:
+            raise ClusterConfigError(f"{source}: routing = 'proxy' needs a 'proxy' database URL")
+        return cls(parts, proxy, routing, source)
+
+
+def _libpq(url: str) -> dict[str, Any]:
+    """A URL's libpq parameters (Apiary's own options removed)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in _OWN_OPTIONS]
+    clean = parts._replace(query="&".join(f"{k}={v}" for k, v in query)).geturl()
+    return conninfo_to_dict(clean)
+
+
+def _identity(url: str) -> tuple[str, str, str]:
+    params = _libpq(url)
+    return (
+        str(params.get("host", "")),
+        str(params.get("port", "5432")),
+        str(params.get("dbname", "")),
+    )
+
+
+class _ProxyEngine(PostgresEngine):
+    """The proxy database: units are called through their PL/Proxy functions."""
+
+    def call_keyed(self, unit: UnitSpec, request: UnitRequest, key: str) -> Any:
+        sql, params = self._unit_call(unit, request)
+        sql = sql[: -len(")")] + ", %s)"
+        return self._call(sql, (*params, key), repeatable=unit.read_only or unit.recorded)
+
+    def call_all(self, unit: UnitSpec, request: UnitRequest) -> list[Any]:
+        sql, params = self._unit_call(unit, request)
+        sql = "SELECT * FROM " + sql.removeprefix("SELECT ")
+        return self._call_rows(sql, params, repeatable=True)
+
+    def _call_failure(self, exc: BaseException, repeatable: bool, lost: int) -> Exception | None:
+        # PL/Proxy reports a partition it cannot reach as an internal error (XX000).
+        if (
+            isinstance(exc, psycopg.Error)
+            and exc.sqlstate == "XX000"
+            and ("PQconnectPoll" in str(exc) or "REMOTE FATAL" in str(exc))
+        ):
+            if repeatable and lost + 1 < 3:
+                return None
+            return DatabaseUnavailableError(f"a partition is unreachable: {exc}")
+        return super()._call_failure(exc, repeatable, lost)
+
+    def _call_rows(self, sql: str, params: tuple[Any, ...], *, repeatable: bool) -> list[Any]:
+        from apiary import _codec
+
+        lost = 0
+        for attempt in retry_attempts():
+            try:
+                pool = self.pool()
+                conn = pool.take()
+                try:
+                    rows = conn.execute(sql, params, prepare=True).fetchall()
+                finally:
+                    pool.give(conn)
+                return [_codec.loads(row[0]) for row in rows]
+            except Exception as exc:
+                failure = self._call_failure(exc, repeatable, lost)
+                if failure is not None:
+                    raise failure from exc
+                lost += 1
+            time.sleep(backoff_delay(attempt))
+        raise TransactionConflictError(f"a call kept conflicting for {RETRY_SECONDS:.0f} s")
+
+
+class ClusterEngine(Engine):
+    """Units routed to the partition that owns their key; see the module docstring."""
+
+    name = "cluster"
+    partitioned = True
+
+    def __init__(self, config: ClusterConfig, executor: concurrent.futures.Executor) -> None:
+        super().__init__(executor)
+        self.config = config
+        self.routing = config.routing
+        self.parts = [PostgresEngine.from_url(url, executor) for url in config.partitions]
+        if config.routing == "proxy" and any(p.placement != "db" for p in self.parts):
+            raise ClusterConfigError(
+                f"{config.source}: routing = 'proxy' calls the units' stored procedures, so "
+                "no partition may use placement=client"
+            )
+        self.count = len(self.parts)
+        self.proxy: _ProxyEngine | None = None
+        if config.proxy is not None:
+            base = PostgresEngine.from_url(config.proxy, executor)
+            self.proxy = _ProxyEngine(
+                base.conninfo,
+                executor,
+                pool_min=base.pool_min,
+                pool_max=base.pool_max,
+                pool_timeout=base.pool_timeout,
+            )
+        self._spread = itertools.count()
+
+    @classmethod
+    def from_url(cls, url: str, executor: concurrent.futures.Executor) -> ClusterEngine:
+        """Open ``cluster:PATH``; see the module docstring."""
+        return cls(ClusterConfig.from_url(url), executor)
+
+    def bind(
+        self,
+        app: AppInfo,
+        functions: Mapping[str, Callable[..., Any]],
+        plans: Mapping[str, CapturePlan] | None = None,
+    ) -> None:
+        """Bind the app on every partition (and the proxy)."""
+        super().bind(app, functions, plans)
+        for part in self._engines():
+            part.bind(app, functions, plans)
+
+    def _engines(self) -> list[PostgresEngine]:
+        return [*self.parts, *([self.proxy] if self.proxy is not None else [])]
+
+    # -- routing ---------------------------------------------------------------------
+
+    def partition_index(self, key: Any) -> int:
+        """The partition owning a key (an integer or a string)."""
+        return partition_hash(key_text(key)) & (self.count - 1)
+
+    def partitions(self) -> Sequence[Engine]:
+        """Every partition's engine."""
+        return self.parts
+
+    def home(self, workflow_id: str) -> Engine:
+        """The partition holding a workflow's status row (that of its ID)."""
+        return self.parts[self.partition_index(workflow_id)]
+
+    def run_unit(self, unit: UnitSpec, request: UnitRequest) -> UnitOutcome:
+        """Run a unit on the partition that owns its key (or on every partition)."""
+        route = unit.route
+        if route is None:
+            raise ApiaryError(f"unit {unit.id!r} has no partition route (not a partitioned app)")
+        workflow_id = request.workflow_id
+        if route.kind == "all":
+            return self._run_everywhere(unit, request, route.combine)
+        if route.kind == "key":
+            key = key_text(resolve(route.template, request.params, request.inputs))
+            index = partition_hash(key) & (self.count - 1)
+        elif workflow_id is not None:  # replicated tables only: stay on the home partition
+            key = workflow_id
+            index = partition_hash(key) & (self.count - 1)
+        else:
+            index = next(self._spread) % self.count
+            key = str(index)  # partition_hash(str(i)) need not be i: direct routing only
+        home = workflow_id is None or self.partition_index(workflow_id) == index
+        request.home = home
+        if self.routing == "proxy" and self.proxy is not None and route.kind == "key":
+            data = self.proxy.call_keyed(unit, request, key)
+            outcome = _outcome(data)
+            if outcome.trace is not None:
+                self.parts[index]._traces.add(outcome.trace)
+            return outcome
+        return self.parts[index].run_unit(unit, request)
+
+    def _run_everywhere(self, unit: UnitSpec, request: UnitRequest, how: Any) -> UnitOutcome:
+        """A read-only unit on every partition, its member's outputs merged."""
+        workflow_id = request.workflow_id
+        home = None if workflow_id is None else self.partition_index(workflow_id)
+        if self.routing == "proxy" and self.proxy is not None:
+            request.home = False  # records (if it must) on each partition, like steps
+            outcomes = [_outcome(data) for data in self.proxy.call_all(unit, request)]
+            for outcome in outcomes:
+                if outcome.trace is not None:
+                    self.parts[0]._traces.add(outcome.trace)
+        else:
+            outcomes = []
+            for index, part in enumerate(self.parts):
+                one = UnitRequest(
+                    workflow_id,
+                    request.params,
+                    request.inputs,
+                    request.start,
+                    request.call_id,
+                    request.trace,
+                    home=home is None or home == index,
+                )
+                outcomes.append(part.run_unit(unit, one))
+        for outcome in outcomes:
+            if outcome.finished is not None:
+                return outcome
+        node = unit.members[0].node
+        values = [(o.outputs or {}).get(node) for o in outcomes]
+        try:
+            merged = combine(how, values)
+        except Exception as exc:
+            raise FunctionError(
+                type(exc).__name__,
+                f"combining the results of every partition failed: {exc}",
+                function=unit.members[0].function,
+                workflow_id=workflow_id,
+            ) from exc
+        return UnitOutcome({node: merged})
+
+    # -- bookkeeping -----------------------------------------------------------------
+
+    def system(self, op: Callable[..., T], *args: Any, write: bool, **kwargs: Any) -> T:
+        """Run a bookkeeping function on the partition it concerns."""
+        name = op.__name__
+        if name == "list_pending":
+            pending: list[Any] = []
+            for part in self.parts:
+                pending += part.system(op, write=write)  # type: ignore[arg-type]
+            return pending  # type: ignore[return-value]
+        if name == "new_client_id":
+            return self._new_client_id()  # type: ignore[return-value]
+        if not args or not isinstance(args[0], str):
+            raise TypeError(f"{name}: a cluster routes bookkeeping by workflow ID")
+        return self.home(args[0]).system(op, *args, write=write, **kwargs)
+
+    def _new_client_id(self) -> int:
+        """A client ID from any partition that answers: its own number times N plus its index."""
+        start = next(self._spread)
+        failure: DatabaseUnavailableError | None = None
+        for step in range(self.count):
+            index = (start + step) % self.count
+            try:
+                local = self.parts[index].system(_bookkeeping.new_client_id, write=True)
+            except DatabaseUnavailableError as exc:
+                failure = failure or exc
+                continue
+            return int(local) * self.count + index
+        assert failure is not None
+        raise failure
+
+    def forget_outputs(self, retention: float = OUTPUT_RETENTION) -> int:
+        """Delete outputs that units recorded off their workflow's home partition, for
+        workflows that ended more than ``retention`` seconds ago; return how many.
+
+        They outlive the workflow so that a late run of the same workflow ID, which read
+        its status as ``PENDING`` before another run finished it, finds them instead of
+        running the unit again. Unreachable partitions are skipped until the next time.
+        """
+        cutoff = time.time() - retention
+        removed = 0
+        for index, part in enumerate(self.parts):
+            try:
+                found = part.system(_bookkeeping.output_workflows, write=False)
+                by_home: dict[int, list[str]] = {}
+                for workflow_id in found:
+                    home = self.partition_index(workflow_id)
+                    if home != index:
+                        by_home.setdefault(home, []).append(workflow_id)
+                done: list[str] = []
+                for home, ids in by_home.items():
+                    done += self.parts[home].system(
+                        _bookkeeping.finished_before, ids, cutoff, write=False
+                    )
+                if done:
+                    removed += part.system(_bookkeeping.forget_outputs, done, write=True)
+            except DatabaseUnavailableError as exc:
+                log.warning("partition %d: outputs not swept this time: %s", index, exc)
+        return removed
+
+    def transact(self, work: Callable[[Database], T], *, write: bool) -> T:
+        """Run ``work`` on the control partition (partition 0)."""
+        return self.parts[0].transact(work, write=write)
+
+    def flush_traces(self) -> int:
+        """Stage every partition's held read-only traces."""
+        return sum(part.flush_traces() for part in self.parts)
+
+    # -- install ---------------------------------------------------------------------
+
+    def install(
+        self,
+        app: AppInfo,
+        statements: Sequence[DeclaredStatement],
+        units: Sequence[UnitSpec] = (),
+        plans: Mapping[str, CapturePlan] | None = None,
+    ) -> None:
+        """Install the app on every partition, then the routing functions on the proxy."""
+        for index, part in enumerate(self.parts):
+            part.install(app, statements, units, plans)
+            with part.connect() as conn:
+                _install_partition(conn, app, index, self.count, self.config.partitions[index])
+        if self.proxy is not None:
+            with self.proxy.connect() as conn:
+                _install_proxy(conn, app, units, self.config.partitions)
+
+    def close(self) -> None:
+        """Close every partition's (and the proxy's) connections."""
+        for part in self._engines():
+            part.close()
+
+
+def _outcome(data: Mapping[str, Any]) -> UnitOutcome:
+    return UnitOutcome(data["o"], _bookkeeping.decode_record(data["f"]), data["n"], data.get("t"))
+
+
+# --------------------------------------------------------------------------------------
+# Installing the partitions and the proxy
+# --------------------------------------------------------------------------------------
+
+_PARTITION_DDL = """
+CREATE TABLE IF NOT EXISTS apiary.partition (
+    only_row   BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+    index      INTEGER NOT NULL,
+    count      INTEGER NOT NULL
+)
+"""
+
+
+def _install_partition(
+    conn: psycopg.Connection[Any], app: AppInfo, index: int, count: int, url: str
+) -> None:
+    """Record the partition's number and admit only its keys into partitioned tables."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('apiary.install'))")
+        conn.execute(HASH_SQL)
+        conn.execute(_PARTITION_DDL)
+        row = conn.execute("SELECT index, count FROM apiary.partition").fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO apiary.partition (index, count) VALUES (%s, %s)", (index, count)
+            )
+        elif tuple(row) != (index, count):
+            raise NotInstalledError(
+                f"database {_where(url)} was installed as partition {row[0]} of {row[1]}; the "
+                f"cluster configuration lists it as partition {index} of {count}. Keep the "
+                "order of 'partitions'; changing their number means moving rows between "
+                "databases, which Apiary does not do"
+            )
+        for table, column in app.partitioning:
+            if column is None:
+                continue
+            name = f"apiary_partition_{table}"[:63]
+            found = conn.execute(
+                "SELECT 1 FROM pg_constraint WHERE conname = %s AND conrelid = %s::regclass",
+                (name, table),
+            ).fetchone()
+            if found is None:
+                conn.execute(
+                    f'ALTER TABLE "{table}" ADD CONSTRAINT "{name}" CHECK '
+                    f'((apiary.partition_hash(("{column}")::text) & {count - 1}) = {index})'
+                )
+
+
+def _where(url: str) -> str:
+    host, port, dbname = _identity(url)
+    return f"{dbname!r} on {host}:{port}"
+
+
+def _install_proxy(
+    conn: psycopg.Connection[Any],
+    app: AppInfo,
+    units: Sequence[UnitSpec],
+    partitions: Sequence[str],
+) -> None:
+    """The PL/Proxy cluster (an SQL/MED server) and one routing function per unit."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('apiary.install'))")
+        conn.execute("CREATE EXTENSION IF NOT EXISTS plproxy")
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SYSTEM_SCHEMA}")
+        conn.execute(HASH_SQL)
+        # The proxy's connections to the partitions run serializable, like every other.
+        options = {f"p{i}": _proxy_conninfo(url) for i, url in enumerate(partitions)}
+        exists = conn.execute(
+            "SELECT srvoptions FROM pg_foreign_server WHERE srvname = %s", (PROXY_CLUSTER,)
+        ).fetchone()
+        if exists is None:
+            listed = ", ".join(f"{k} {_literal(v)}" for k, v in options.items())
+            conn.execute(
+                f"CREATE SERVER {PROXY_CLUSTER} FOREIGN DATA WRAPPER plproxy OPTIONS ({listed})"
+            )
+            conn.execute(f"CREATE USER MAPPING IF NOT EXISTS FOR PUBLIC SERVER {PROXY_CLUSTER}")
+        else:
+            current = dict(opt.split("=", 1) for opt in exists[0] or [])
+            changes = [
+                f"{'SET' if k in current else 'ADD'} {k} {_literal(v)}"
+                for k, v in options.items()
+                if current.get(k) != v
+            ]
+            changes += [
+                f"DROP {k}"
+                for k in current
+                if k.startswith("p") and k[1:].isdigit() and k not in options
+            ]
+            if changes:
+                conn.execute(f"ALTER SERVER {PROXY_CLUSTER} OPTIONS ({', '.join(changes)})")
+        done: set[str] = set()
+        for unit in units:
+            name = stub_name(app.name, unit)
+            if name in done or unit.route is None:
+                continue
+            done.add(name)
+            target = f'{SYSTEM_SCHEMA}."{name}"'
+            if unit.route.kind == "all":
+                conn.execute(
+                    f"CREATE OR REPLACE FUNCTION {target}(version text, request text) "
+                    f"RETURNS SETOF text LANGUAGE plproxy AS $$ CLUSTER '{PROXY_CLUSTER}'; "
+                    f"RUN ON ALL; SELECT {target}(version, request); $$"
+                )
+            else:
+                conn.execute(
+                    f"CREATE OR REPLACE FUNCTION {target}(version text, request text, key text) "
+                    f"RETURNS text LANGUAGE plproxy AS $$ CLUSTER '{PROXY_CLUSTER}'; "
+                    f"RUN ON apiary.partition_hash(key); SELECT {target}(version, request); $$"
+                )
+
+
+def _proxy_conninfo(url: str) -> str:
+    """A partition's connection string for PL/Proxy: serializable, like every other."""
+    params = _libpq(url)
+    serializable = "-c default_transaction_isolation=serializable"
+    params["options"] = (
+        f"{params['options']} {serializable}" if params.get("options") else serializable
+    )
+    return make_conninfo(**params)
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
