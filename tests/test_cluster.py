@@ -405,7 +405,15 @@ def test_a_frontend_serves_a_cluster_and_answers_503_only_for_a_stopped_partitio
     far = next(k for k in range(16) if partition_of(k, PARTITIONS) >= 2)
     near = next(k for k in range(16) if partition_of(k, PARTITIONS) < 2)
     with running_frontend(cluster.url("direct"), partitioned.app, trace_store=str(store)) as served:
-        headers = {"Authorization": f"Bearer {served.invoke}"}
+        cli = str(Path(sys.executable).parent / "apiary")
+        made = subprocess.run(  # a key made with the CLI, on the cluster's control partition
+            [cli, "keys", "create", "--role", "invoke", "--db", cluster.url("direct")],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        )
+        headers = {"Authorization": f"Bearer {made.stdout.strip()}"}
         with httpx.Client(base_url=served.url, timeout=30, headers=headers) as client:
 
             def post(name: str, body: dict[str, Any], key: str | None = None) -> httpx.Response:

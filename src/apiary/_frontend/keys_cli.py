@@ -102,7 +102,8 @@ def run_keys_command(args: argparse.Namespace) -> int:
 
 
 def admin_url(url: str) -> str:
-    """The database URL the ``keys`` command opens: PostgreSQL in client placement.
+    """The database URL the ``keys`` command opens: PostgreSQL in client placement (a
+    cluster's partition 0).
 
     Key management runs only ``engine.transact``, which runs in this process in either
     placement; client placement installs only the system tables. In ``placement=db``,
@@ -110,6 +111,11 @@ def admin_url(url: str) -> str:
     module defines (the server loads an app from its modules), as this command's is.
     """
     parts = urlsplit(url)
+    if parts.scheme.lower() == "cluster":
+        # A cluster keeps the frontend's tables (keys included) on its partition 0.
+        from apiary._engines.cluster import ClusterConfig
+
+        return admin_url(ClusterConfig.from_url(url).partitions[0])
     if parts.scheme.lower() not in ("postgresql", "postgres"):
         return url
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "placement"]

@@ -93,11 +93,7 @@ class Spooler:
         with self._lock:
             for part in parts:
                 try:
-                    found = part.transact(self._read, write=False)
-                    if not found:
-                        continue
-                    stored = self.store.ingest(found)
-                    self._delete(part, stored)
+                    found, stored = self._move(part)
                 except DatabaseUnavailableError as exc:
                     failure = failure or exc
                     continue
@@ -106,6 +102,23 @@ class Spooler:
         if failure is not None:
             raise failure
         return moved
+
+    def _move(self, part: TransactionRunner) -> tuple[list[StagedRow], list[int]]:
+        """One batch of one database. A connection that broke since the last round (the
+        server restarted) fails once and is replaced: the batch is tried once more (moving
+        is safe to repeat: the store skips what it already holds)."""
+        for attempt in (0, 1):
+            try:
+                found = part.transact(self._read, write=False)
+                if not found:
+                    return found, []
+                stored = self.store.ingest(found)
+                self._delete(part, stored)
+                return found, list(stored)
+            except DatabaseUnavailableError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def spool_all(self) -> int:
         """Move batches until staging is empty; return how many rows were moved."""
