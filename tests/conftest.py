@@ -6,7 +6,7 @@ a new SQLite file in ``tmp_path``, or a new PostgreSQL database made from a temp
 that already has PL/Python.
 
 Engines: ``APIARY_TEST_ENGINES`` (comma-separated: ``sqlite``, ``postgres-db``,
-``postgres-client``). Without it: SQLite, plus both PostgreSQL placements when
+``postgres-client``, ``cluster``: a one-partition cluster). Without it: SQLite, plus both PostgreSQL placements when
 ``APIARY_TEST_POSTGRES_URL`` names a server (``scripts/test`` starts one and sets it).
 """
 
@@ -24,7 +24,7 @@ import pytest
 import apiary
 
 POSTGRES_URL = os.environ.get("APIARY_TEST_POSTGRES_URL", "")
-_default = "sqlite,postgres-db,postgres-client" if POSTGRES_URL else "sqlite"
+_default = "sqlite,postgres-db,postgres-client,cluster" if POSTGRES_URL else "sqlite"
 ENGINES = [e for e in os.environ.get("APIARY_TEST_ENGINES", _default).split(",") if e]
 TEMPLATE = "apiary_test_template"
 # Test databases are named apiary_t_<pid>_<random>: a session drops the leftovers of
@@ -83,7 +83,7 @@ def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if engine == "sqlite":
         yield f"sqlite:///{tmp_path / 'apiary.db'}"
         return
-    if engine not in ("postgres-db", "postgres-client"):
+    if engine not in ("postgres-db", "postgres-client", "cluster"):
         raise pytest.UsageError(f"unknown engine {engine!r} in APIARY_TEST_ENGINES")
     import psycopg
 
@@ -93,8 +93,17 @@ def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         # FILE_COPY: a checkpoint at create, but dropping is then fast.
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}" STRATEGY FILE_COPY')
     placement = engine.removeprefix("postgres-")
+    if engine == "cluster":
+        # A cluster of one partition: the cluster engine's routing and bookkeeping (status
+        # rows apart from units, recovery and spooling per partition) under the whole
+        # suite; tests/test_cluster.py runs partitioned apps on four partitions.
+        config = tmp_path / "cluster.toml"
+        config.write_text(f'partitions = ["{_with_database(admin, name)}"]\n')
     try:
-        yield f"{_with_database(admin, name)}?placement={placement}"
+        if engine == "cluster":
+            yield f"cluster:{config}"
+        else:
+            yield f"{_with_database(admin, name)}?placement={placement}"
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -135,7 +135,12 @@ class Runtime:
         )
         try:
             self._engine: Engine = open_engine(url, self._pool)
-            if self._engine.partitioned and not app.partitioned and (app.schemas or app.functions):
+            if (
+                self._engine.partitioned
+                and not app.partitioned
+                and len(self._engine.partitions()) > 1
+                and (app.schemas or app.functions)
+            ):
                 raise RegistrationError(
                     f"app {app.name!r} runs on a cluster but declares no partitioning: "
                     "declare each table with app.partition(table, by=column) or "

@@ -276,8 +276,10 @@ class ClusterEngine(Engine):
     def run_unit(self, unit: UnitSpec, request: UnitRequest) -> UnitOutcome:
         """Run a unit on the partition that owns its key (or on every partition)."""
         route = unit.route
-        if route is None:
-            raise ApiaryError(f"unit {unit.id!r} has no partition route (not a partitioned app)")
+        if route is None:  # an app without partitioning, on a cluster of one partition
+            if self.count > 1:
+                raise ApiaryError(f"unit {unit.id!r} has no partition route")
+            return self.parts[0].run_unit(unit, request)
         workflow_id = request.workflow_id
         if route.kind == "all":
             return self._run_everywhere(unit, request, route.combine)
