@@ -6,8 +6,9 @@ a new SQLite file in ``tmp_path``, or a new PostgreSQL database made from a temp
 that already has PL/Python.
 
 Engines: ``APIARY_TEST_ENGINES`` (comma-separated: ``sqlite``, ``postgres-db``,
-``postgres-client``, ``cluster``: a one-partition cluster). Without it: SQLite, plus both PostgreSQL placements when
-``APIARY_TEST_POSTGRES_URL`` names a server (``scripts/test`` starts one and sets it).
+``postgres-client``, ``cluster``: a cluster of one partition). Without it: SQLite, plus
+the PostgreSQL ones when ``APIARY_TEST_POSTGRES_URL`` names a server (``scripts/test``
+starts one and sets it).
 """
 
 from __future__ import annotations
