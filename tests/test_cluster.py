@@ -569,7 +569,9 @@ def test_an_unpartitioned_app_is_refused_on_a_cluster(tmp_path: Path) -> None:
     from tests.apps import bank
 
     path = tmp_path / "c.toml"
-    path.write_text('partitions = ["postgresql://u@127.0.0.1:1/a", "postgresql://u@127.0.0.1:1/b"]\n')
+    path.write_text(
+        'partitions = ["postgresql://u@127.0.0.1:1/a", "postgresql://u@127.0.0.1:1/b"]\n'
+    )
     with pytest.raises(apiary.RegistrationError, match="declares no partitioning"):
         apiary.Runtime(bank.app, f"cluster:{path}")
 
