@@ -102,6 +102,10 @@ def _snapshotter(url: str) -> Callable[[], dict[str, list[tuple[Any, ...]]]]:
                 }
 
         return read_sqlite
+    if url.startswith("cluster:"):  # a cluster of one partition: read that database
+        from apiary._engines.cluster import ClusterConfig
+
+        url = ClusterConfig.from_url(url).partitions[0]
     plain = url.partition("?")[0]
 
     def read_postgres() -> dict[str, list[tuple[Any, ...]]]:
