@@ -364,6 +364,34 @@ def test_values_that_do_not_fit_their_column_are_kept_as_json(store: TraceStore)
     assert store.row_history("orders", customer_id="seven") == []  # not a stored BIGINT
 
 
+def test_microsecond_timestamps_and_float_seconds_are_both_read(store: TraceStore) -> None:
+    # Units stage integer microseconds ("u": 1); older versions staged float seconds.
+    micros = 1_700_000_000_123_456
+    statement = ["SELECT ...", "read", ["orders"], [["orders", ["customer_id", "order_no"]]]]
+    new = _codec.dumps(
+        {
+            "u": 1,
+            "f": [["c1", "get", micros, micros + 250, True]],
+            "s": [statement],
+            "e": [[0, micros + 100, 0, 0, [7, 1]]],
+        }
+    )
+    old = _codec.dumps(
+        {"f": [["c2", "get", T0, T0 + 0.5, True]], "s": [statement], "e": [[0, T0, 0, 0, [7, 2]]]}
+    )
+    assert sorted(store.ingest([(1, None, "c1", new), (2, None, "c2", old)])) == [1, 2]
+    functions = store.sql(
+        "SELECT invocation_id, epoch_us(ts), round(started * 1e6)::BIGINT, "
+        "round(ended * 1e6)::BIGINT FROM function_invocations ORDER BY invocation_id"
+    )[1]
+    assert functions == [
+        ("c1", micros, micros, micros + 250),
+        ("c2", int(T0 * 1e6), int(T0 * 1e6), int((T0 + 0.5) * 1e6)),
+    ]
+    events = store.sql("SELECT epoch_us(ts), order_no FROM orders_events ORDER BY order_no")[1]
+    assert events == [(micros + 100, 1), (int(T0 * 1e6), 2)]
+
+
 def test_an_already_spooled_row_is_skipped_not_stored_twice(store: TraceStore) -> None:
     batch = [
         (1, "w1", "w1/u", unit_payload("w1", 7, 1)),

@@ -434,7 +434,8 @@ class Runtime:
         spooler = self._make_spooler(path)
         try:
             spooler.store.open(wait)  # waits for the background spooler's round, if any
-            return spooler.spool_all()
+            spooler.spool_all()
+            return spooler.store.units_stored
         finally:
             spooler.store.close()
 

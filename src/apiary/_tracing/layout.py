@@ -217,6 +217,8 @@ class _Batch:
         # and numbered (from 1, as DuckDB lists are indexed) for _Events rows.
         self.plans: dict[str, tuple[Sequence[Any], tuple[int, list[_Events]]]] = {}
         self.statements: list[tuple[str, str, list[str]]] = []
+        #: Units' traces added (a staged row holds one, or several read-only ones).
+        self.units = 0
 
     def lookups(self, *, statement_tables: bool) -> list[list[Any]]:
         """What event rows' function and statement numbers index (see _Events.insert)."""
@@ -228,10 +230,19 @@ class _Batch:
         return [list(values) for values in (*found, *([tables] if statement_tables else []))]
 
     def add(self, row: StagedRow, doc: Mapping[str, Any]) -> None:
-        """Add one unit's trace; on an error the batch is as it was before."""
+        """Add one staged row: one unit's trace, or several (``{"b": [[workflow_id,
+        invocation_id, document], ...]}``, read-only units staged together); on an error
+        the batch is as it was before."""
         lengths = {id(rows): len(rows) for rows in self._all_rows()}
         try:
-            self._add(row, doc)
+            if "b" in doc:
+                staging_id, _, _, payload = row
+                for workflow_id, invocation_id, unit_doc in doc["b"]:
+                    self._add((staging_id, workflow_id, invocation_id, payload), unit_doc)
+                self.units += len(doc["b"])
+            else:
+                self._add(row, doc)
+                self.units += 1
         except BaseException:
             for rows in self._all_rows():
                 del rows[lengths.get(id(rows), 0) :]
@@ -245,7 +256,11 @@ class _Batch:
         staging_id, workflow_id, unit_invocation_id, _ = row
         first = len(self.functions.rows) + 1
         add_function = self.functions.rows.append
+        micros = doc.get("u") == 1  # integer microseconds, else float seconds
         for invocation_id, function, started, ended, read_only in doc["f"]:
+            if micros:
+                started = started / 1e6
+                ended = None if ended is None else ended / 1e6
             add_function(
                 (started, workflow_id, invocation_id, function, started, ended,
                  bool(read_only), unit_invocation_id, staging_id)
@@ -257,6 +272,8 @@ class _Batch:
             if not (0 <= number < count and statement >= 0):
                 raise IndexError(f"event {seq} names no function or statement of its unit")
             index, events = statements[statement]
+            if micros:
+                ts = ts / 1e6
             if group < 0:
                 add_statement(ts, first + number, index, (), seq)
             else:

@@ -142,6 +142,9 @@ class TraceStore:
         self.path = os.fspath(path)
         self.tables = {info.name.lower(): info for info in tables.values()}
         self.read_only = read_only
+        #: Units' traces this store took in so far (a staged row holds one, or several
+        #: read-only units' traces staged together).
+        self.units_stored = 0
         self._lock = threading.RLock()
         self._con: duckdb.DuckDBPyConnection | None = None
         self._events: dict[str, _EventTable] = {}
@@ -340,6 +343,7 @@ class TraceStore:
         except BaseException:
             con.execute("ROLLBACK")
             raise
+        self.units_stored += batch.units
         for (staging_id, *_), error in rejects:
             log.warning(
                 "trace row %s is malformed, kept in rejected_payloads: %r", staging_id, error
