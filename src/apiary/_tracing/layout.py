@@ -256,11 +256,10 @@ class _Batch:
         staging_id, workflow_id, unit_invocation_id, _ = row
         first = len(self.functions.rows) + 1
         add_function = self.functions.rows.append
-        micros = doc.get("u") == 1  # integer microseconds, else float seconds
-        for invocation_id, function, started, ended, read_only in doc["f"]:
-            if micros:
-                started = started / 1e6
-                ended = None if ended is None else ended / 1e6
+        scale = 1e-6 if doc.get("u") == 1 else 1.0  # integer microseconds, or float seconds
+        for invocation_id, function, begun, done, read_only in doc["f"]:
+            started = begun * scale
+            ended = None if done is None else done * scale
             add_function(
                 (started, workflow_id, invocation_id, function, started, ended,
                  bool(read_only), unit_invocation_id, staging_id)
@@ -268,12 +267,11 @@ class _Batch:
         count = len(self.functions.rows) - first + 1
         statements = [self._plan(statement) for statement in doc["s"]]
         add_statement = self.statement_events.add
-        for seq, (number, ts, statement, group, values) in enumerate(doc["e"]):
+        for seq, (number, at, statement, group, values) in enumerate(doc["e"]):
             if not (0 <= number < count and statement >= 0):
                 raise IndexError(f"event {seq} names no function or statement of its unit")
             index, events = statements[statement]
-            if micros:
-                ts = ts / 1e6
+            ts = at * scale
             if group < 0:
                 add_statement(ts, first + number, index, (), seq)
             else:
