@@ -137,9 +137,14 @@ INSERT_FAILED_WORKFLOW = Statement(
 GET_WORKFLOW = Statement(
     f"SELECT {_WORKFLOW_COLUMNS} FROM {{sys}}workflows WHERE workflow_id = ?", system=True
 )
+# "NOT IN ('SUCCESS', 'ERROR')" means PENDING (the only other status), but unlike
+# "status = 'PENDING'" it does not let the planner pick the partial index of PENDING
+# workflows over the primary key. Scanning that index would read every pending
+# workflow's entry, and under SERIALIZABLE it would lock its pages, so that every
+# workflow's end conflicted with every other workflow's start.
 END_WORKFLOW = Statement(
     "UPDATE {sys}workflows SET status = ?, output = ?, error = ?, updated_at = ? "
-    "WHERE workflow_id = ? AND status = 'PENDING'",
+    "WHERE workflow_id = ? AND status NOT IN ('SUCCESS', 'ERROR')",
     system=True,
 )
 # One statement gives both the workflow's status and the unit's recorded output: a unit

@@ -46,7 +46,9 @@ ORPHANS = Statement(
 )
 CLAIM = Statement(
     "UPDATE {sys}workflows SET owner = ?, updated_at = ? "
-    "WHERE workflow_id = ? AND status = 'PENDING' AND owner IS NOT DISTINCT FROM ?",
+    # NOT IN: PENDING, without steering the planner to the partial index (END_WORKFLOW).
+    "WHERE workflow_id = ? AND status NOT IN ('SUCCESS', 'ERROR') "
+    "AND owner IS NOT DISTINCT FROM ?",
     system=True,
 )
 
