@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from apiary import _codec
-from apiary._database import Database, Statement
+from apiary._database import Database, Statement, TransactionConflict
 from apiary._errors import FunctionError, WorkflowConflictError
 
 
@@ -134,6 +134,12 @@ INSERT_FAILED_WORKFLOW = Statement(
     "ON CONFLICT (workflow_id) DO NOTHING",
     system=True,
 )
+INSERT_FINISHED_WORKFLOW = Statement(
+    "INSERT INTO {sys}workflows (workflow_id, name, inputs, status, output, owner, version, "
+    "created_at, updated_at) VALUES (?, ?, ?, 'SUCCESS', ?, ?, ?, ?, ?) "
+    "ON CONFLICT (workflow_id) DO NOTHING",
+    system=True,
+)
 GET_WORKFLOW = Statement(
     f"SELECT {_WORKFLOW_COLUMNS} FROM {{sys}}workflows WHERE workflow_id = ?", system=True
 )
@@ -178,6 +184,7 @@ NEW_CLIENT = Statement(
 SYSTEM_STATEMENTS = (
     BEGIN_WORKFLOW,
     INSERT_FAILED_WORKFLOW,
+    INSERT_FINISHED_WORKFLOW,
     GET_WORKFLOW,
     END_WORKFLOW,
     LOOKUP_OUTPUT,
@@ -244,6 +251,63 @@ def begin_workflow(
     ):
         raise VersionMismatch(record.version)
     return False, (record if record.finished else None)
+
+
+def check_workflow(
+    db: Database, workflow_id: str, start: Mapping[str, Any]
+) -> WorkflowRecord | None:
+    """For a workflow of one unit, which starts and finishes it in one transaction: the
+    existing status row, if there is one (checked like :func:`begin_workflow` checks it).
+
+    If there is none, the unit runs and :func:`finish_new_workflow` inserts the row in
+    its final state: one insert, instead of an insert of a ``PENDING`` row and an update.
+    """
+    record = get_workflow(db, workflow_id)
+    if record is None:
+        return None
+    if record.name != start["name"] or record.inputs != start["inputs"]:
+        raise WorkflowConflictError(
+            f"workflow ID {workflow_id!r} already names a run of {record.name!r} with inputs "
+            f"{record.inputs}; it cannot be reused for {start['name']!r} with inputs "
+            f"{start['inputs']}"
+        )
+    if (
+        start.get("pinned")
+        and not record.finished
+        and record.version
+        and record.version != start.get("version")
+    ):
+        raise VersionMismatch(record.version)
+    return record
+
+
+def finish_new_workflow(
+    db: Database, workflow_id: str, start: Mapping[str, Any], output: str
+) -> WorkflowRecord:
+    """Insert the status row of a workflow of one unit that just succeeded, finished.
+
+    A concurrent run of the same ID that inserted it first makes this transaction a
+    conflict: it is retried, and then finds that run's answer.
+    """
+    now = time.time()
+    inserted = db.execute(
+        INSERT_FINISHED_WORKFLOW,
+        (
+            workflow_id,
+            start["name"],
+            start["inputs"],
+            output,
+            start.get("owner"),
+            start.get("version"),
+            now,
+            now,
+        ),
+    )
+    if not inserted:
+        raise TransactionConflict(f"workflow {workflow_id!r} was finished by a concurrent run")
+    return WorkflowRecord(
+        workflow_id, start["name"], start["inputs"], SUCCESS, output, None, None, None
+    )
 
 
 def end_workflow(

@@ -23,7 +23,9 @@ from apiary import _codec
 from apiary._bookkeeping import (
     WorkflowRecord,
     begin_workflow,
+    check_workflow,
     end_workflow,
+    finish_new_workflow,
     lookup_local,
     lookup_output,
     record_output,
@@ -420,11 +422,21 @@ def run_unit(
     workflow_id = request.workflow_id
     invocation_id = request.call_id if workflow_id is None else f"{workflow_id}/{unit.id}"
     fresh = False
+    # A unit that both starts and finishes its workflow (a workflow of one unit) inserts
+    # the status row once, finished, unless a row exists (a retry, or a run that an
+    # earlier version of the app began with more units).
+    insert_finished = False
     if unit.starts and workflow_id is not None:
         assert request.start is not None, "a starting unit needs the status row to create"
-        fresh, finished = begin_workflow(db, workflow_id, request.start)
-        if finished is not None:
-            return UnitOutcome(None, finished)
+        if unit.finishes:
+            existing = check_workflow(db, workflow_id, request.start)
+            if existing is not None and existing.finished:
+                return UnitOutcome(None, existing)
+            insert_finished = fresh = existing is None
+        else:
+            fresh, finished = begin_workflow(db, workflow_id, request.start)
+            if finished is not None:
+                return UnitOutcome(None, finished)
     if unit.recorded and not fresh and workflow_id is not None:
         if request.home:
             finished, recorded = lookup_output(db, workflow_id, invocation_id or "")
@@ -492,6 +504,12 @@ def run_unit(
             record_output(db, workflow_id, invocation_id or "", _codec.dumps(result))
         if unit.finishes:
             final = resolve(unit.output or ("c", None), params, {**request.inputs, **result})
-            record = end_workflow(db, workflow_id, output=_codec.dumps(final), start=request.start)
+            if insert_finished:
+                assert request.start is not None
+                record = finish_new_workflow(db, workflow_id, request.start, _codec.dumps(final))
+            else:
+                record = end_workflow(
+                    db, workflow_id, output=_codec.dumps(final), start=request.start
+                )
             return UnitOutcome(result, record, fresh)
     return UnitOutcome(result, None, fresh)
