@@ -234,31 +234,22 @@ def begin_workflow(
     )
     if created:
         return True, None
-    record = get_workflow(db, workflow_id)
+    record = check_workflow(db, workflow_id, start)
     if record is None:  # pragma: no cover - the insert saw a conflicting row
         raise RuntimeError(f"workflow {workflow_id!r} vanished while starting")
-    if record.name != start["name"] or record.inputs != start["inputs"]:
-        raise WorkflowConflictError(
-            f"workflow ID {workflow_id!r} already names a run of {record.name!r} with inputs "
-            f"{record.inputs}; it cannot be reused for {start['name']!r} with inputs "
-            f"{start['inputs']}"
-        )
-    if (
-        start.get("pinned")
-        and not record.finished
-        and record.version
-        and record.version != start.get("version")
-    ):
-        raise VersionMismatch(record.version)
     return False, (record if record.finished else None)
 
 
 def check_workflow(
     db: Database, workflow_id: str, start: Mapping[str, Any]
 ) -> WorkflowRecord | None:
-    """For a workflow of one unit, which starts and finishes it in one transaction: the
-    existing status row, if there is one (checked like :func:`begin_workflow` checks it).
+    """The existing status row of a workflow, if there is one, checked against the run
+    about to start: raises :class:`WorkflowConflictError` if the ID names another
+    workflow or other inputs, and :class:`VersionMismatch` for a pinned run of a
+    ``PENDING`` workflow that began on another version.
 
+    A workflow of one unit, which starts and finishes it in one transaction, calls it
+    first.
     If there is none, the unit runs and :func:`finish_new_workflow` inserts the row in
     its final state: one insert, instead of an insert of a ``PENDING`` row and an update.
     """
