@@ -249,9 +249,9 @@ def check_workflow(
     ``PENDING`` workflow that began on another version.
 
     A workflow of one unit, which starts and finishes it in one transaction, calls it
-    first.
-    If there is none, the unit runs and :func:`finish_new_workflow` inserts the row in
-    its final state: one insert, instead of an insert of a ``PENDING`` row and an update.
+    first; if there is none, the unit runs and :func:`finish_new_workflow` inserts the
+    row in its final state: one insert, instead of an insert of a ``PENDING`` row and an
+    update.
     """
     record = get_workflow(db, workflow_id)
     if record is None:
