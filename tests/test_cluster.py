@@ -404,7 +404,13 @@ def test_a_frontend_serves_a_cluster_and_answers_503_only_for_a_stopped_partitio
     store = tmp_path / "trace.duckdb"
     far = next(k for k in range(16) if partition_of(k, PARTITIONS) >= 2)
     near = next(k for k in range(16) if partition_of(k, PARTITIONS) < 2)
-    with running_frontend(cluster.url("direct"), partitioned.app, trace_store=str(store)) as served:
+    with running_frontend(
+        cluster.url("direct"),
+        partitioned.app,
+        trace_store=str(store),
+        heartbeat=0.2,
+        orphan_after=1.0,
+    ) as served:
         cli = str(Path(sys.executable).parent / "apiary")
         made = subprocess.run(  # a key made with the CLI, on the cluster's control partition
             [cli, "keys", "create", "--role", "invoke", "--db", cluster.url("direct")],
@@ -428,11 +434,16 @@ def test_a_frontend_serves_a_cluster_and_answers_503_only_for_a_stopped_partitio
             assert first.status_code == 200, first.text
             assert post("transfer", move, key="h1").json() == first.json()
             assert client.get("/v1/workflows/h1").json()["status"] == "SUCCESS"
+            # A transfer whose status row is on a live partition and whose credit is not.
+            stuck = next(f"h{n}" for n in range(2, 200) if partition_of(f"h{n}", PARTITIONS) < 2)
             _server2("--stop")
             try:
                 down = post("audit", {"account": far})
                 assert down.status_code == 503, down.text
                 assert post("audit", {"account": near}).status_code == 200
+                move = {"src": near, "dst": far, "amount": 7, "transfer": stuck}
+                assert post("transfer", move, key=stuck).status_code == 503
+                assert client.get(f"/v1/workflows/{stuck}").json()["status"] == "PENDING"
             finally:
                 _server2()
             for _ in range(50):
@@ -441,13 +452,20 @@ def test_a_frontend_serves_a_cluster_and_answers_503_only_for_a_stopped_partitio
                     break
                 time.sleep(0.2)
             assert answer.status_code == 200, answer.text
+            # No client retries it: the frontend finishes its own stalled workflow.
+            for _ in range(100):
+                if client.get(f"/v1/workflows/{stuck}").json()["status"] != "PENDING":
+                    break
+                time.sleep(0.1)
+            assert client.get(f"/v1/workflows/{stuck}").json()["status"] == "SUCCESS"
+            assert post("audit", {"account": far}).json()["output"][0] == 50 + 5 + 7
     # Traces of every partition reached the frontend's trace store.
     with duckdb.connect(str(store), read_only=True) as db:
         functions = dict(
             db.execute("SELECT function, count(*) FROM function_invocations GROUP BY 1").fetchall()
         )
     assert functions["open_account"] == 8
-    assert functions["debit"] == functions["credit"] == 1
+    assert functions["debit"] == functions["credit"] == 2
 
 
 # --------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import sys
 import threading
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from apiary._app import App
 from apiary._errors import NotFoundError, NotInstalledError, RegistrationError
@@ -36,7 +37,9 @@ class FrontendConfig:
         heartbeat: seconds between heartbeats and recovery sweeps.
         expiry: seconds after which a silent frontend's workflows are claimed.
         orphan_after: seconds after which a ``PENDING`` workflow of an owner that is not
-            a frontend (an application's own runtime) is claimed.
+            a frontend (an application's own runtime) is claimed, and after which this
+            frontend resumes its own ``PENDING`` workflows that are not running (a run
+            that failed on an outage and that no client retried).
         max_workers: threads per app version for database calls and steps.
         address: where this frontend listens (stored with its heartbeat, for operators).
         trace_store: the DuckDB file this frontend spools traces into (opened per round,
@@ -65,6 +68,9 @@ class Frontend:
     """A frontend's state; :func:`apiary._frontend.http.create_app` serves it over HTTP."""
 
     def __init__(self, config: FrontendConfig, app_name: str | None = None) -> None:
+        #: Workflow runs in flight here, by workflow ID (the HTTP layer's): recovery
+        #: leaves them alone.
+        self.in_flight: dict[str, Any] = {}
         if config.app is None and app_name is None:
             raise ValueError("a frontend needs an app, or the name of one deployed before")
         self.config = config
@@ -95,6 +101,7 @@ class Frontend:
             interval=self.config.heartbeat,
             expiry=self.config.expiry,
             orphan_after=self.config.orphan_after,
+            busy=self.in_flight.__contains__,
         )
         store = self.config.trace_store
         if store == DEFAULT_STORE:

@@ -167,7 +167,7 @@ class Api:
         self.frontend = frontend
         # Runs in flight here, by workflow ID: a client's retry of a run this frontend is
         # still executing waits for it instead of starting a second one alongside.
-        self._in_flight: dict[str, tuple[str, asyncio.Future[Any]]] = {}
+        self._in_flight: dict[str, tuple[str, asyncio.Future[Any]]] = frontend.in_flight
 
     # -- helpers -----------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from apiary import _codec
@@ -36,11 +37,16 @@ HEARTBEAT = Statement(
 )
 # A frontend that stops cleanly leaves its heartbeat expired: others may claim at once.
 RETIRE = Statement("UPDATE {sys}frontends SET heartbeat_at = 0 WHERE frontend_id = ?", system=True)
+# Orphans: PENDING workflows whose owner is gone (a frontend whose heartbeat expired,
+# or another owner silent for orphan_after seconds), and this frontend's own that have
+# been silent as long (a run that failed, e.g. on a 503, and that no client retried;
+# the caller skips those still running here).
 ORPHANS = Statement(
     "SELECT w.workflow_id, w.owner, w.version, w.name, w.inputs FROM {sys}workflows w "
     "LEFT JOIN {sys}frontends f ON f.frontend_id = w.owner "
-    "WHERE w.status = 'PENDING' AND (w.owner IS NULL OR w.owner <> ?) AND ("
-    "(f.frontend_id IS NULL AND w.updated_at < ?) OR f.heartbeat_at < ?) "
+    "WHERE w.status = 'PENDING' AND ((w.owner = ? AND w.updated_at < ?) OR ("
+    "(w.owner IS NULL OR w.owner <> ?) AND ("
+    "(f.frontend_id IS NULL AND w.updated_at < ?) OR f.heartbeat_at < ?))) "
     "ORDER BY w.created_at LIMIT ?",
     system=True,
 )
@@ -62,9 +68,11 @@ def heartbeat(db: Database, frontend_id: str, address: str | None, started_at: f
 def find_orphans(
     db: Database, frontend_id: str, *, expiry: float, orphan_after: float, limit: int = 100
 ) -> list[tuple[Any, ...]]:
-    """``PENDING`` workflows whose owner is gone: (id, owner, version, name, inputs)."""
+    """``PENDING`` workflows whose owner is gone, or this frontend's own left silent for
+    ``orphan_after`` seconds: (id, owner, version, name, inputs)."""
     now = time.time()
-    rows = db.query(ORPHANS, (frontend_id, now - orphan_after, now - expiry, limit))
+    silent = now - orphan_after
+    rows = db.query(ORPHANS, (frontend_id, silent, frontend_id, silent, now - expiry, limit))
     return [tuple(row) for row in rows]
 
 
@@ -85,6 +93,7 @@ class Recovery:
         interval: float = 2.0,
         expiry: float = 10.0,
         orphan_after: float = 60.0,
+        busy: Callable[[str], bool] | None = None,
     ) -> None:
         self.versions = versions
         self.frontend_id = frontend_id
@@ -92,6 +101,8 @@ class Recovery:
         self.interval = interval
         self.expiry = expiry
         self.orphan_after = orphan_after
+        #: Whether this frontend is running a workflow right now (a request in flight).
+        self.busy = busy or (lambda workflow_id: False)
         self.started_at = time.time()
         self.recovered: list[str] = []
         self._task: asyncio.Task[None] | None = None
@@ -148,7 +159,9 @@ class Recovery:
         )
         claimed = 0
         for workflow_id, owner, version, name, inputs in orphans:
-            if any(task.get_name() == workflow_id for task in self._running):
+            if self.busy(workflow_id) or any(
+                task.get_name() == workflow_id for task in self._running
+            ):
                 continue
             won = await self.versions.in_executor(
                 lambda w=workflow_id, o=owner: part.transact(
