@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import inspect
 import itertools
 import logging
 import os
@@ -17,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from apiary import _bookkeeping, _codec
-from apiary._app import App, FunctionDef, WorkflowDef
+from apiary._app import App, WorkflowDef
+from apiary._binding import Binder
 from apiary._capture import CapturePlan
 
 if TYPE_CHECKING:
@@ -124,10 +124,10 @@ class Runtime:
         self.pin_version = pin_version
         self.trace = trace
         # Workflow and function names are unique within an app, so one table serves both.
-        self._binders: dict[str, _Binder] = {
-            name: _Binder(defn) for name, defn in app.workflows.items()
+        self._binders: dict[str, Binder] = {
+            name: Binder(defn) for name, defn in app.workflows.items()
         }
-        self._binders.update({name: _Binder(defn) for name, defn in app.functions.items()})
+        self._binders.update({name: Binder(defn) for name, defn in app.functions.items()})
         self.version = app.version()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -488,46 +488,3 @@ def capture_plans(app: App) -> dict[str, CapturePlan]:
             if stmt.text not in plans:
                 plans[stmt.text] = plan_capture(stmt.text, tables)
     return plans
-
-
-class _Binder:
-    """Checks call arguments against a signature whose parameters all take keywords.
-
-    ``inspect.Signature.bind`` is general and slow; this runs on every call.
-    """
-
-    __slots__ = ("defaults", "kind", "name", "names", "required")
-
-    def __init__(self, defn: WorkflowDef | FunctionDef) -> None:
-        self.kind = "workflow" if isinstance(defn, WorkflowDef) else "function"
-        self.name = defn.name
-        signature = defn.signature if isinstance(defn, WorkflowDef) else defn.call_signature
-        params = list(signature.parameters.values())
-        self.names = [p.name for p in params]
-        self.required = [p.name for p in params if p.default is inspect.Parameter.empty]
-        self.defaults = {p.name: p.default for p in params if p.default is not p.empty}
-
-    def __call__(self, args: Mapping[str, Any]) -> dict[str, Any]:
-        """The arguments by name in signature order, defaults applied, JSON-normalized."""
-        if len(args) != len(self.names) or any(name not in args for name in self.names):
-            missing = [name for name in self.required if name not in args]
-            unknown = [name for name in args if name not in self.names]
-            if missing or unknown:
-                problem = (
-                    f"missing argument(s) {', '.join(map(repr, missing))}"
-                    if missing
-                    else f"unexpected argument(s) {', '.join(map(repr, unknown))}"
-                )
-                raise InvalidArgumentsError(
-                    f"{self.kind} {self.name!r}: {problem}; it takes ({', '.join(self.names)})"
-                )
-        params: dict[str, Any] = {}
-        for name in self.names:
-            value = args[name] if name in args else self.defaults[name]
-            try:
-                params[name] = _codec.normalize(value)
-            except TypeError as exc:
-                raise InvalidArgumentsError(
-                    f"{self.kind} {self.name!r}: argument {name!r}: {exc}"
-                ) from None
-        return params

@@ -29,139 +29,44 @@ import concurrent.futures
 import itertools
 import logging
 import time
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from apiary import _bookkeeping
 from apiary._app import AppInfo
 from apiary._capture import CapturePlan
 from apiary._database import RETRY_SECONDS, Database, backoff_delay, retry_attempts
 from apiary._engines._base import DeclaredStatement, Engine
-from apiary._engines.postgres import SYSTEM_SCHEMA, PostgresEngine, stub_name
+from apiary._engines.cluster_config import ROUTINGS, ClusterConfig, ClusterConfigError
+from apiary._engines.cluster_install import PROXY_CLUSTER, install_partition, install_proxy
+from apiary._engines.postgres import PostgresEngine
 from apiary._errors import (
     ApiaryError,
     DatabaseUnavailableError,
     FunctionError,
-    NotInstalledError,
     TransactionConflictError,
 )
 from apiary._execution import UnitOutcome, UnitRequest, UnitSpec, resolve
-from apiary._partitioning import HASH_SQL, combine, key_text, partition_hash
+from apiary._partitioning import combine, key_text, partition_hash
+
+__all__ = [
+    "OUTPUT_RETENTION",
+    "PROXY_CLUSTER",
+    "ROUTINGS",
+    "ClusterConfig",
+    "ClusterConfigError",
+    "ClusterEngine",
+]
 
 T = TypeVar("T")
 
 log = logging.getLogger("apiary.cluster")
 
-ROUTINGS = ("direct", "proxy")
-#: The PL/Proxy cluster (an SQL/MED server in the proxy database).
-PROXY_CLUSTER = "apiary_cluster"
 #: Recorded outputs of units that ran off their workflow's home partition are kept this
-#: many seconds after the workflow ended (see :func:`sweep_outputs`).
+#: many seconds after the workflow ended (see :meth:`ClusterEngine.forget_outputs`).
 OUTPUT_RETENTION = 3600.0
-
-# Options of a partition URL that are Apiary's, not libpq's (PostgresEngine.from_url).
-_OWN_OPTIONS = ("placement", "pool_min", "pool_max", "pool_timeout")
-
-
-class ClusterConfigError(ApiaryError, ValueError):
-    """The cluster configuration is missing or wrong (names the file and the field)."""
-
-
-class ClusterConfig:
-    """A parsed cluster configuration (see the module docstring)."""
-
-    def __init__(
-        self, partitions: Sequence[str], proxy: str | None, routing: str, source: str
-    ) -> None:
-        self.partitions = list(partitions)
-        self.proxy = proxy
-        self.routing = routing
-        self.source = source
-
-    @classmethod
-    def from_url(cls, url: str) -> ClusterConfig:
-        """Read ``cluster:PATH[?routing=direct|proxy]``."""
-        rest = url.split(":", 1)[1]
-        rest, _, query = rest.partition("?")
-        path = urlsplit("cluster:" + rest).path if rest.startswith("//") else rest
-        if not path:
-            raise ClusterConfigError(f"{url!r}: expected cluster:PATH to a TOML file")
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ClusterConfigError(f"cluster configuration {path!r} does not exist") from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ClusterConfigError(f"cluster configuration {path!r}: {exc}") from None
-        options = dict(parse_qsl(query))
-        unknown = sorted(set(options) - {"routing"})
-        if unknown:
-            raise ClusterConfigError(f"{url!r}: unknown option(s) {', '.join(unknown)}")
-        if "routing" in options:
-            data["routing"] = options["routing"]
-        return cls.from_dict(data, path)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "<cluster>") -> ClusterConfig:
-        """Check the fields; raise :class:`ClusterConfigError` naming the wrong one."""
-        unknown = sorted(set(data) - {"partitions", "proxy", "routing"})
-        if unknown:
-            raise ClusterConfigError(f"{source}: unknown field(s) {', '.join(unknown)}")
-        parts = data.get("partitions")
-        if not isinstance(parts, list) or not parts:
-            raise ClusterConfigError(f"{source}: 'partitions' must be a non-empty list of URLs")
-        count = len(parts)
-        if count & (count - 1):
-            raise ClusterConfigError(
-                f"{source}: 'partitions' lists {count} databases; the count must be a power "
-                "of two (1, 2, 4, 8, ...) so that keys split evenly and PL/Proxy can route"
-            )
-        for index, part in enumerate(parts):
-            if not isinstance(part, str) or not part.startswith(("postgresql://", "postgres://")):
-                raise ClusterConfigError(
-                    f"{source}: partitions[{index}] must be a postgresql:// URL, not {part!r}"
-                )
-        if len(set(map(_identity, parts))) != count:
-            raise ClusterConfigError(f"{source}: 'partitions' names one database twice")
-        proxy = data.get("proxy")
-        if proxy is not None and (
-            not isinstance(proxy, str) or not proxy.startswith(("postgresql://", "postgres://"))
-        ):
-            raise ClusterConfigError(
-                f"{source}: 'proxy' must be a postgresql:// URL, not {proxy!r}"
-            )
-        if proxy is not None and _identity(proxy) in set(map(_identity, parts)):
-            raise ClusterConfigError(f"{source}: 'proxy' must be a database of its own")
-        routing = data.get("routing", "direct")
-        if routing not in ROUTINGS:
-            raise ClusterConfigError(
-                f"{source}: 'routing' must be one of {', '.join(ROUTINGS)}, not {routing!r}"
-            )
-        if routing == "proxy" and proxy is None:
-            raise ClusterConfigError(f"{source}: routing = 'proxy' needs a 'proxy' database URL")
-        return cls(parts, proxy, routing, source)
-
-
-def _libpq(url: str) -> dict[str, Any]:
-    """A URL's libpq parameters (Apiary's own options removed)."""
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in _OWN_OPTIONS]
-    clean = parts._replace(query="&".join(f"{k}={v}" for k, v in query)).geturl()
-    return conninfo_to_dict(clean)
-
-
-def _identity(url: str) -> tuple[str, str, str]:
-    params = _libpq(url)
-    return (
-        str(params.get("host", "")),
-        str(params.get("port", "5432")),
-        str(params.get("dbname", "")),
-    )
 
 
 class _ProxyEngine(PostgresEngine):
@@ -422,10 +327,10 @@ class ClusterEngine(Engine):
         for index, part in enumerate(self.parts):
             part.install(app, statements, units, plans)
             with part.connect() as conn:
-                _install_partition(conn, app, index, self.count, self.config.partitions[index])
+                install_partition(conn, app, index, self.count, self.config.partitions[index])
         if self.proxy is not None:
             with self.proxy.connect() as conn:
-                _install_proxy(conn, app, units, self.config.partitions)
+                install_proxy(conn, app, units, self.config.partitions)
 
     def close(self) -> None:
         """Close every partition's (and the proxy's) connections."""
@@ -435,128 +340,3 @@ class ClusterEngine(Engine):
 
 def _outcome(data: Mapping[str, Any]) -> UnitOutcome:
     return UnitOutcome(data["o"], _bookkeeping.decode_record(data["f"]), data["n"], data.get("t"))
-
-
-# --------------------------------------------------------------------------------------
-# Installing the partitions and the proxy
-# --------------------------------------------------------------------------------------
-
-_PARTITION_DDL = """
-CREATE TABLE IF NOT EXISTS apiary.partition (
-    only_row   BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
-    index      INTEGER NOT NULL,
-    count      INTEGER NOT NULL
-)
-"""
-
-
-def _install_partition(
-    conn: psycopg.Connection[Any], app: AppInfo, index: int, count: int, url: str
-) -> None:
-    """Record the partition's number and admit only its keys into partitioned tables."""
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('apiary.install'))")
-        conn.execute(HASH_SQL)
-        conn.execute(_PARTITION_DDL)
-        row = conn.execute("SELECT index, count FROM apiary.partition").fetchone()
-        if row is None:
-            conn.execute(
-                "INSERT INTO apiary.partition (index, count) VALUES (%s, %s)", (index, count)
-            )
-        elif tuple(row) != (index, count):
-            raise NotInstalledError(
-                f"database {_where(url)} was installed as partition {row[0]} of {row[1]}; the "
-                f"cluster configuration lists it as partition {index} of {count}. Keep the "
-                "order of 'partitions'; changing their number means moving rows between "
-                "databases, which Apiary does not do"
-            )
-        for table, column in app.partitioning:
-            if column is None:
-                continue
-            name = f"apiary_partition_{table}"[:63]
-            found = conn.execute(
-                "SELECT 1 FROM pg_constraint WHERE conname = %s AND conrelid = %s::regclass",
-                (name, table),
-            ).fetchone()
-            if found is None:
-                conn.execute(
-                    f'ALTER TABLE "{table}" ADD CONSTRAINT "{name}" CHECK '
-                    f'((apiary.partition_hash(("{column}")::text) & {count - 1}) = {index})'
-                )
-
-
-def _where(url: str) -> str:
-    host, port, dbname = _identity(url)
-    return f"{dbname!r} on {host}:{port}"
-
-
-def _install_proxy(
-    conn: psycopg.Connection[Any],
-    app: AppInfo,
-    units: Sequence[UnitSpec],
-    partitions: Sequence[str],
-) -> None:
-    """The PL/Proxy cluster (an SQL/MED server) and one routing function per unit."""
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('apiary.install'))")
-        conn.execute("CREATE EXTENSION IF NOT EXISTS plproxy")
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SYSTEM_SCHEMA}")
-        conn.execute(HASH_SQL)
-        # The proxy's connections to the partitions run serializable, like every other.
-        options = {f"p{i}": _proxy_conninfo(url) for i, url in enumerate(partitions)}
-        exists = conn.execute(
-            "SELECT srvoptions FROM pg_foreign_server WHERE srvname = %s", (PROXY_CLUSTER,)
-        ).fetchone()
-        if exists is None:
-            listed = ", ".join(f"{k} {_literal(v)}" for k, v in options.items())
-            conn.execute(
-                f"CREATE SERVER {PROXY_CLUSTER} FOREIGN DATA WRAPPER plproxy OPTIONS ({listed})"
-            )
-            conn.execute(f"CREATE USER MAPPING IF NOT EXISTS FOR PUBLIC SERVER {PROXY_CLUSTER}")
-        else:
-            current = dict(opt.split("=", 1) for opt in exists[0] or [])
-            changes = [
-                f"{'SET' if k in current else 'ADD'} {k} {_literal(v)}"
-                for k, v in options.items()
-                if current.get(k) != v
-            ]
-            changes += [
-                f"DROP {k}"
-                for k in current
-                if k.startswith("p") and k[1:].isdigit() and k not in options
-            ]
-            if changes:
-                conn.execute(f"ALTER SERVER {PROXY_CLUSTER} OPTIONS ({', '.join(changes)})")
-        done: set[str] = set()
-        for unit in units:
-            name = stub_name(app.name, unit)
-            if name in done or unit.route is None:
-                continue
-            done.add(name)
-            target = f'{SYSTEM_SCHEMA}."{name}"'
-            if unit.route.kind == "all":
-                conn.execute(
-                    f"CREATE OR REPLACE FUNCTION {target}(version text, request text) "
-                    f"RETURNS SETOF text LANGUAGE plproxy AS $$ CLUSTER '{PROXY_CLUSTER}'; "
-                    f"RUN ON ALL; SELECT {target}(version, request); $$"
-                )
-            else:
-                conn.execute(
-                    f"CREATE OR REPLACE FUNCTION {target}(version text, request text, key text) "
-                    f"RETURNS text LANGUAGE plproxy AS $$ CLUSTER '{PROXY_CLUSTER}'; "
-                    f"RUN ON apiary.partition_hash(key); SELECT {target}(version, request); $$"
-                )
-
-
-def _proxy_conninfo(url: str) -> str:
-    """A partition's connection string for PL/Proxy: serializable, like every other."""
-    params = _libpq(url)
-    serializable = "-c default_transaction_isolation=serializable"
-    params["options"] = (
-        f"{params['options']} {serializable}" if params.get("options") else serializable
-    )
-    return make_conninfo(**params)
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
