@@ -37,7 +37,7 @@ import psycopg
 from apiary import _bookkeeping
 from apiary._app import AppInfo
 from apiary._capture import CapturePlan
-from apiary._database import RETRY_SECONDS, Database, backoff_delay, retry_attempts
+from apiary._database import Database
 from apiary._engines._base import DeclaredStatement, Engine
 from apiary._engines.cluster_config import ROUTINGS, ClusterConfig, ClusterConfigError
 from apiary._engines.cluster_install import PROXY_CLUSTER, install_partition, install_proxy
@@ -46,7 +46,6 @@ from apiary._errors import (
     ApiaryError,
     DatabaseUnavailableError,
     FunctionError,
-    TransactionConflictError,
 )
 from apiary._execution import UnitOutcome, UnitRequest, UnitSpec, resolve
 from apiary._partitioning import combine, key_text, partition_hash
@@ -80,7 +79,7 @@ class _ProxyEngine(PostgresEngine):
     def call_all(self, unit: UnitSpec, request: UnitRequest) -> list[Any]:
         sql, params = self._unit_call(unit, request)
         sql = "SELECT * FROM " + sql.removeprefix("SELECT ")
-        return self._call_rows(sql, params, repeatable=True)
+        return list(self._call(sql, params, repeatable=True, rows=True))
 
     def _call_failure(self, exc: BaseException, repeatable: bool, lost: int) -> Exception | None:
         # PL/Proxy reports a partition it cannot reach as an internal error (XX000).
@@ -93,27 +92,6 @@ class _ProxyEngine(PostgresEngine):
                 return None
             return DatabaseUnavailableError(f"a partition is unreachable: {exc}")
         return super()._call_failure(exc, repeatable, lost)
-
-    def _call_rows(self, sql: str, params: tuple[Any, ...], *, repeatable: bool) -> list[Any]:
-        from apiary import _codec
-
-        lost = 0
-        for attempt in retry_attempts():
-            try:
-                pool = self.pool()
-                conn = pool.take()
-                try:
-                    rows = conn.execute(sql, params, prepare=True).fetchall()
-                finally:
-                    pool.give(conn)
-                return [_codec.loads(row[0]) for row in rows]
-            except Exception as exc:
-                failure = self._call_failure(exc, repeatable, lost)
-                if failure is not None:
-                    raise failure from exc
-                lost += 1
-            time.sleep(backoff_delay(attempt))
-        raise TransactionConflictError(f"a call kept conflicting for {RETRY_SECONDS:.0f} s")
 
 
 class ClusterEngine(Engine):

@@ -362,14 +362,21 @@ class PostgresEngine(Engine):
         sql = f'SELECT {SYSTEM_SCHEMA}."{system_stub_name(self.app.name)}"(%s, %s, %s)'
         return sql, (self.app.version, op.__name__, _codec.dumps([list(args), kwargs]))
 
-    def _call(self, sql: str, params: tuple[Any, ...], *, repeatable: bool) -> Any:
+    def _call(
+        self, sql: str, params: tuple[Any, ...], *, repeatable: bool, rows: bool = False
+    ) -> Any:
+        """Run a stored procedure's ``SELECT`` and decode its answer (with ``rows``, the
+        answers of a set-returning one, as a list), retrying what is safe to retry."""
         lost = 0
         for attempt in retry_attempts():
             try:
                 pool = self._pool or self.pool()
                 conn = pool.take()
                 try:
-                    row = conn.execute(sql, params, prepare=True).fetchone()
+                    cursor = conn.execute(sql, params, prepare=True)
+                    if rows:
+                        return [_codec.loads(row[0]) for row in cursor.fetchall()]
+                    row = cursor.fetchone()
                 finally:
                     pool.give(conn)
                 return _codec.loads(row[0]) if row is not None else None
