@@ -6,6 +6,7 @@ Standard library only: ``dbos_sqlite`` runs it in DBOS's own virtualenv, without
 from __future__ import annotations
 
 import random
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +37,31 @@ class Round:
             return float("nan")
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] * 1000
+
+
+class RoundStats:
+    """Medians over the ``rounds`` of one system (a mixin for the programs' results)."""
+
+    rounds: list[Round]
+
+    def median(self, metric: Callable[[Round], float]) -> float:
+        """Median of a metric over rounds."""
+        return statistics.median(metric(r) for r in self.rounds)
+
+    @property
+    def throughput(self) -> float:
+        """Median operations per second."""
+        return self.median(lambda r: r.throughput)
+
+    @property
+    def p50(self) -> float:
+        """Median over rounds of the round's p50 latency, ms."""
+        return self.median(lambda r: r.percentile(50))
+
+    @property
+    def p99(self) -> float:
+        """Median over rounds of the round's p99 latency, ms."""
+        return self.median(lambda r: r.percentile(99))
 
 
 def run_threads(threads: int, next_call: NextCall, seconds: float, seed: int) -> Round:
@@ -83,4 +109,4 @@ def run_threads(threads: int, next_call: NextCall, seconds: float, seed: int) ->
     return Round(sum(counts), elapsed, [x for own in latencies for x in own])
 
 
-__all__ = ["NextCall", "Round", "run_threads"]
+__all__ = ["NextCall", "Round", "RoundStats", "run_threads"]

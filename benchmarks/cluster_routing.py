@@ -56,7 +56,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import apiary
-from benchmarks._harness import Round, run_threads
+from benchmarks._harness import Round, RoundStats, run_threads
 
 KEYS = 10_000
 ACCOUNTS = 10_000
@@ -361,32 +361,13 @@ def check_answers(runtimes: dict[str, apiary.Runtime], dbs: Databases) -> int:
 
 
 @dataclass
-class Result:
+class Result(RoundStats):
     """All rounds of one system at one workload and client count."""
 
     workload: str
     clients: int
     system: str
     rounds: list[Round] = field(default_factory=list)
-
-    def median(self, metric: Callable[[Round], float]) -> float:
-        """Median of a metric over rounds."""
-        return statistics.median(metric(r) for r in self.rounds)
-
-    @property
-    def throughput(self) -> float:
-        """Median calls per second."""
-        return self.median(lambda r: r.throughput)
-
-    @property
-    def p50(self) -> float:
-        """Median over rounds of the round's p50 latency, ms."""
-        return self.median(lambda r: r.percentile(50))
-
-    @property
-    def p99(self) -> float:
-        """Median over rounds of the round's p99 latency, ms."""
-        return self.median(lambda r: r.percentile(99))
 
 
 @dataclass

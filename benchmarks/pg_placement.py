@@ -38,7 +38,6 @@ import argparse
 import os
 import platform
 import random
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -47,7 +46,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import apiary
-from benchmarks._harness import Round, run_threads
+from benchmarks._harness import Round, RoundStats, run_threads
 
 ROWS = 100_000
 DEFAULT_URL = os.environ.get(
@@ -291,7 +290,7 @@ def check_answers(system: System, workload: str) -> None:
 
 
 @dataclass
-class Result:
+class Result(RoundStats):
     """All rounds of one system at one workload, k and client count."""
 
     workload: str
@@ -299,15 +298,6 @@ class Result:
     clients: int
     system: str
     rounds: list[Round] = field(default_factory=list)
-
-    def median(self, metric: Callable[[Round], float]) -> float:
-        """Median of a metric over rounds."""
-        return statistics.median(metric(r) for r in self.rounds)
-
-    @property
-    def throughput(self) -> float:
-        """Median calls per second."""
-        return self.median(lambda r: r.throughput)
 
 
 def run_timed(runners: Sequence[Runner], k: int, seconds: float, seed: int) -> Round:
