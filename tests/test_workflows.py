@@ -175,6 +175,52 @@ def test_reusing_an_id_with_other_arguments_or_workflow_conflicts(
 # -- application errors ----------------------------------------------------------------
 
 
+def test_a_workflow_of_one_transaction_takes_effect_once_under_a_reused_id(
+    make_runtime: MakeRuntime,
+) -> None:
+    # count_within_limit is one transaction (bump and enforce_limit): it runs before it
+    # looks for its status row, and inserts the row after. A reused ID must still find
+    # the first run's answer, and the repeat's writes must be rolled back.
+    rt = make_runtime(counting.app)
+    assert rt.run("count_within_limit", workflow_id="s1", name="z", amount=5, limit=50) == 5
+    state = counting_state(rt)
+    assert state == ({"z": 5}, [["s1", "bump", "z", 5], ["s1", "enforce_limit", "z", 5]])
+    for _ in range(2):
+        assert rt.run("count_within_limit", workflow_id="s1", name="z", amount=5, limit=50) == 5
+    assert (
+        asyncio.run(
+            rt.run_async("count_within_limit", workflow_id="s1", name="z", amount=5, limit=50)
+        )
+        == 5
+    )
+    assert counting_state(rt) == state
+
+    # Re-executing s2 now would fail (12 > 7): its recorded answer comes back instead.
+    assert rt.run("count_within_limit", workflow_id="s2", name="z", amount=1, limit=7) == 6
+    assert rt.call("bump", name="z", amount=5) == 11
+    state = counting_state(rt)
+    assert rt.run("count_within_limit", workflow_id="s2", name="z", amount=1, limit=7) == 6
+    # And the ID cannot be reused for other inputs, whether that run would succeed or fail.
+    for args in ({"amount": 1, "limit": 99}, {"amount": 1, "limit": 0}):
+        with pytest.raises(apiary.WorkflowConflictError):
+            rt.run("count_within_limit", workflow_id="s2", name="z", **args)
+    with pytest.raises(apiary.WorkflowConflictError):
+        rt.run("count_failing", workflow_id="s2", name="z", amount=1)
+    assert counting_state(rt) == state
+    status = rt.status("s2")
+    assert (status.name, status.status, status.output) == ("count_within_limit", "SUCCESS", 6)
+
+    # A failed one-transaction run keeps its error, and its ID conflicts with others.
+    with pytest.raises(apiary.FunctionError):
+        rt.run("count_failing", workflow_id="s3", name="z", amount=1)
+    with pytest.raises(apiary.FunctionError):
+        rt.run("count_failing", workflow_id="s3", name="z", amount=1)
+    with pytest.raises(apiary.WorkflowConflictError):
+        rt.run("count_within_limit", workflow_id="s3", name="z", amount=1, limit=99)
+    assert counting_state(rt) == state
+    assert rt.status("s3").status == "ERROR"
+
+
 def test_function_error_keeps_the_exception_and_rolls_back_its_writes(
     make_runtime: MakeRuntime,
 ) -> None:

@@ -33,6 +33,18 @@ class VersionMismatch(Exception):
         self.version = version
 
 
+class StatusRowExists(Exception):
+    """Signal: a workflow of one unit ran without looking for its status row first, and
+    found one when it inserted its own.
+
+    Such a unit runs straight away: a new workflow ID has no status row, and looking
+    would read the primary key's index page, which under ``SERIALIZABLE`` conflicts with
+    every other workflow inserting its row there. The unit's transaction rolls back, and
+    the engine runs it again, looking first (:attr:`UnitRequest.look_first`): that run
+    returns the finished workflow's answer, or refuses a reused ID.
+    """
+
+
 class WorkflowRecord:
     """A workflow's status row: ``PENDING``, ``SUCCESS`` (with output) or ``ERROR``."""
 
@@ -273,12 +285,14 @@ def check_workflow(
 
 
 def finish_new_workflow(
-    db: Database, workflow_id: str, start: Mapping[str, Any], output: str
+    db: Database, workflow_id: str, start: Mapping[str, Any], output: str, *, looked: bool = True
 ) -> WorkflowRecord:
     """Insert the status row of a workflow of one unit that just succeeded, finished.
 
-    A concurrent run of the same ID that inserted it first makes this transaction a
-    conflict: it is retried, and then finds that run's answer.
+    If a row is there already, this transaction must roll back. When the unit ``looked``
+    for the row first, a concurrent run inserted it since: a conflict, retried, after which
+    that run's answer is found. When it did not look, :class:`StatusRowExists` makes the
+    engine run the unit again, looking first.
     """
     now = time.time()
     inserted = db.execute(
@@ -295,6 +309,8 @@ def finish_new_workflow(
         ),
     )
     if not inserted:
+        if not looked:
+            raise StatusRowExists(f"workflow {workflow_id!r} has a status row")
         raise TransactionConflict(f"workflow {workflow_id!r} was finished by a concurrent run")
     return WorkflowRecord(
         workflow_id, start["name"], start["inputs"], SUCCESS, output, None, None, None
@@ -319,6 +335,13 @@ def end_workflow(
     error, ``start`` lets the status row be created when the unit that would have
     created it rolled back.
     """
+    if error is not None and start is not None:
+        # A workflow of one unit runs without looking for its status row first (see
+        # StatusRowExists), so the row may be that of an earlier run of the ID, or of
+        # another workflow: answer as the unit would have had it looked.
+        existing = check_workflow(db, workflow_id, start)
+        if existing is not None and existing.finished:
+            return existing
     status = ERROR if error is not None else SUCCESS
     now = time.time()
     changed = db.execute(END_WORKFLOW, (status, output, error, now, workflow_id))

@@ -341,9 +341,22 @@ class UnitRequest:
         home: the workflow's status row is in this database. On a cluster it is not when
             the unit runs on another partition than the workflow ID's: a recorded unit
             then looks up its output alone (:func:`~apiary._bookkeeping.lookup_local`).
+        look_first: a unit that starts and finishes its workflow looks for the status
+            row before it runs. Without it, it runs at once and inserts the row after;
+            finding one there raises :class:`~apiary._bookkeeping.StatusRowExists`, and
+            the engine runs the unit again with ``look_first``.
     """
 
-    __slots__ = ("call_id", "home", "inputs", "params", "start", "trace", "workflow_id")
+    __slots__ = (
+        "call_id",
+        "home",
+        "inputs",
+        "look_first",
+        "params",
+        "start",
+        "trace",
+        "workflow_id",
+    )
 
     def __init__(
         self,
@@ -354,9 +367,11 @@ class UnitRequest:
         call_id: str | None = None,
         trace: bool = False,
         home: bool = True,
+        look_first: bool = False,
     ) -> None:
         self.trace = trace
         self.home = home
+        self.look_first = look_first
         self.workflow_id = workflow_id
         self.params = params
         self.inputs = inputs if inputs is not None else {}
@@ -413,22 +428,28 @@ def run_unit(
     Order: create or check the workflow's status row (``starts``); look up the recorded
     output by invocation ID (``recorded``) and return it without running if found; run the
     members in order, passing outputs; record the outputs; finish the workflow
-    (``finishes``). The caller commits on return and rolls back on any exception:
+    (``finishes``); a workflow of one unit inserts its status row at the end instead,
+    unless ``request.look_first``. The caller commits on return and rolls back on any
+    exception:
 
     * :class:`FunctionError` - application code raised (or returned a non-JSON value);
     * :class:`TransactionConflict` - a serialization conflict; retry the whole unit;
-    * :class:`WorkflowConflictError` - the workflow ID names another run.
+    * :class:`WorkflowConflictError` - the workflow ID names another run;
+    * :class:`~apiary._bookkeeping.StatusRowExists` - run it again with ``look_first``.
     """
     workflow_id = request.workflow_id
     invocation_id = request.call_id if workflow_id is None else f"{workflow_id}/{unit.id}"
     fresh = False
     # A unit that both starts and finishes its workflow (a workflow of one unit) inserts
     # the status row once, finished, unless a row exists (a retry, or a run that an
-    # earlier version of the app began with more units).
+    # earlier version of the app began with more units). It looks for one first only
+    # when asked to (see UnitRequest.look_first).
     insert_finished = False
     if unit.starts and workflow_id is not None:
         assert request.start is not None, "a starting unit needs the status row to create"
-        if unit.finishes:
+        if unit.finishes and not request.look_first:
+            insert_finished = fresh = True
+        elif unit.finishes:
             existing = check_workflow(db, workflow_id, request.start)
             if existing is not None and existing.finished:
                 return UnitOutcome(None, existing)
@@ -506,7 +527,13 @@ def run_unit(
             final = resolve(unit.output or ("c", None), params, {**request.inputs, **result})
             if insert_finished:
                 assert request.start is not None
-                record = finish_new_workflow(db, workflow_id, request.start, _codec.dumps(final))
+                record = finish_new_workflow(
+                    db,
+                    workflow_id,
+                    request.start,
+                    _codec.dumps(final),
+                    looked=request.look_first,
+                )
             else:
                 record = end_workflow(
                     db, workflow_id, output=_codec.dumps(final), start=request.start

@@ -39,6 +39,7 @@ FUNCTION_ERROR_STATE = "AP001"
 WORKFLOW_CONFLICT_STATE = "AP002"
 NOT_INSTALLED_STATE = "AP003"
 VERSION_MISMATCH_STATE = "AP004"
+STATUS_ROW_EXISTS_STATE = "AP005"
 SERIALIZATION_FAILURE_STATE = "40001"
 _CONFLICT_STATES = frozenset({"40001", "40P01"})
 #: SQLSTATE classes that are the server's trouble, not the application's: connection
@@ -285,6 +286,8 @@ class InDatabaseRuntime:
             plpy.error(str(exc), detail=json.dumps(exc.to_json()), sqlstate=FUNCTION_ERROR_STATE)
         if isinstance(exc, errors.WorkflowConflictError):
             plpy.error(str(exc), sqlstate=WORKFLOW_CONFLICT_STATE)
+        if isinstance(exc, self.bookkeeping.StatusRowExists):
+            plpy.error(str(exc), sqlstate=STATUS_ROW_EXISTS_STATE)
         if isinstance(exc, self.bookkeeping.VersionMismatch):
             plpy.error(str(exc), detail=exc.version, sqlstate=VERSION_MISMATCH_STATE)
         if isinstance(exc, errors.DatabaseUnavailableError):
@@ -306,6 +309,7 @@ class InDatabaseRuntime:
             data.get("c"),
             bool(data.get("t")),
             data.get("h", True),
+            bool(data.get("x")),
         )
         try:
             outcome = execution.run_unit(self.db, unit, self.functions, request, self.plans)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from apiary._app import AppInfo
+from apiary._bookkeeping import StatusRowExists
 from apiary._capture import CapturePlan, stage_rows
 from apiary._database import Database, Statement
 from apiary._execution import UnitOutcome, UnitRequest, UnitSpec, run_unit
@@ -91,7 +92,14 @@ class Engine(ABC):
         A read-only unit's trace comes back with its outcome; it is staged shortly after,
         with others (:meth:`flush_traces`), so that the unit's transaction stays read-only.
         """
-        outcome = self._run_unit(unit, request)
+        try:
+            outcome = self._run_unit(unit, request)
+        except StatusRowExists:
+            # A workflow of one unit ran at once and found a status row: that of a run of
+            # the same ID before it. Run it again the careful way, which returns that
+            # run's answer (or refuses an ID that names another workflow).
+            request.look_first = True
+            outcome = self._run_unit(unit, request)
         if outcome.trace is not None:
             self._traces.add(outcome.trace)
         return outcome

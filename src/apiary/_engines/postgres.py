@@ -33,7 +33,7 @@ from psycopg.types.string import TextLoader
 
 from apiary import _codec
 from apiary._app import AppInfo
-from apiary._bookkeeping import VersionMismatch, decode_record, decode_result
+from apiary._bookkeeping import StatusRowExists, VersionMismatch, decode_record, decode_result
 from apiary._capture import CapturePlan
 from apiary._database import (
     RETRY_SECONDS,
@@ -57,6 +57,7 @@ from apiary._execution import UnitOutcome, UnitRequest, UnitSpec
 from apiary._indb import (
     FUNCTION_ERROR_STATE,
     NOT_INSTALLED_STATE,
+    STATUS_ROW_EXISTS_STATE,
     UNAVAILABLE_CLASSES,
     VERSION_MISMATCH_STATE,
     WORKFLOW_CONFLICT_STATE,
@@ -183,6 +184,8 @@ def _translate_call_error(exc: psycopg.Error) -> Exception:
         return FunctionError.from_json(json.loads(detail or "{}"))
     if state == VERSION_MISMATCH_STATE:
         return VersionMismatch(detail)
+    if state == STATUS_ROW_EXISTS_STATE:
+        return StatusRowExists(diag.message_primary or str(exc))
     message = diag.message_primary or str(exc)
     message = message.partition(" REMOTE ERROR: ")[2] or message
     message = message.removeprefix("plpy.Error: ")
@@ -352,6 +355,8 @@ class PostgresEngine(Engine):
         }
         if not request.home:
             data["h"] = False
+        if request.look_first:
+            data["x"] = True
         payload = _codec.dumps(data)
         return self._stub_call(unit), (self.app.version, payload)
 
