@@ -371,12 +371,21 @@ class Runtime:
 
     # -- identity --------------------------------------------------------------------
 
+    def _next_id_ready(self) -> str | None:
+        """The next generated workflow ID, or ``None`` while the client ID is not issued
+        yet (then :meth:`_next_id` asks the database, which blocks)."""
+        if self._client_id is None:
+            return None
+        return f"{self._client_id}-{next(self._counter)}"
+
     def _next_id(self) -> str:
         if self._client_id is None:
             with self._id_lock:
                 if self._client_id is None:
                     self._client_id = self._engine.system(_bookkeeping.new_client_id, write=True)
-        return f"{self._client_id}-{next(self._counter)}"
+        ready = self._next_id_ready()
+        assert ready is not None
+        return ready
 
     def explain(self, name: str) -> dict[str, Any]:
         """The DAG of a workflow under this runtime's record mode (see ``apiary explain``)."""

@@ -218,7 +218,7 @@ class Api:
                     f"Idempotency-Key must be 1 to {MAX_WORKFLOW_ID} characters"
                 )
         else:
-            workflow_id = await self.blocking(runtime._next_id)
+            workflow_id = runtime._next_id_ready() or await self.blocking(runtime._next_id)
         try:
             output = await self._run_once(runtime, name, workflow_id, args)
         except FunctionError as exc:
