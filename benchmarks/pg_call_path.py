@@ -29,7 +29,7 @@ import psycopg
 
 import apiary
 from apiary import _codec
-from apiary._engines.postgres import stub_name
+from apiary._engines.pgwire import stub_name
 from benchmarks import pg_placement
 
 

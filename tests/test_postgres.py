@@ -35,7 +35,7 @@ import pytest
 
 import apiary
 from apiary import _codec
-from apiary._engines.postgres import stub_name, system_stub_name
+from apiary._engines.pgwire import stub_name, system_stub_name
 from tests.apps import assert_same, pg_ambiguous, pg_engine, pg_pitfalls, pg_thirdparty, pg_values
 from tests.conftest import PREFIX, TEMPLATE
 
@@ -590,6 +590,40 @@ def test_run_async_concurrent_workflows_then_close_cleanly(
     check = runtimes(pg_engine.app, install=False)
     assert check.call("count_tagged", pattern="async") == 16
     assert {check.status(f"async-{n}").status for n in range(16)} == {"SUCCESS"}
+
+
+def test_run_async_on_many_loops_keeps_within_the_pool(
+    pg_database: str, runtimes: MakeRuntime
+) -> None:
+    # placement=db calls from an event loop await connections of that loop's pool: more
+    # calls at once than pool_max wait their turn, and the connections of loops that
+    # have closed are closed when another loop calls.
+    runtimes(pg_engine.app)  # installed
+    name = f"apiary_loops_{uuid.uuid4().hex[:8]}"
+    url = f"{pg_database}?placement=db&pool_min=1&pool_max=2&application_name={name}"
+    rt = apiary.Runtime(pg_engine.app, url)
+
+    async def main(round_: int) -> list[Any]:
+        return await asyncio.gather(
+            *(rt.call_async("plus_one", n=10 * round_ + n) for n in range(6))
+        )
+
+    try:
+        for round_ in range(8):
+            assert asyncio.run(main(round_)) == [10 * round_ + n + 1 for n in range(6)]
+            with admin_connect(pg_database) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                    (name,),
+                ).fetchone()
+            # At most this loop's 2, the last loop's 2 (closed at the next call), and
+            # the pool of threads' 1.
+            assert row is not None
+            assert row[0] <= 5
+    finally:
+        rt.close()
+    assert backends_named(pg_database, name) == 0
+    gc.collect()
 
 
 # -- warm-up -------------------------------------------------------------------------------

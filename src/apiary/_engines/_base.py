@@ -14,7 +14,7 @@ import concurrent.futures
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -128,10 +128,25 @@ class Engine(ABC):
         """Run a bookkeeping function of the execution core in one transaction."""
         return self.transact(lambda db: op(db, *args, **kwargs), write=write)
 
+    def _awaitable_unit(self) -> Callable[[UnitSpec, UnitRequest], Awaitable[UnitOutcome]] | None:
+        """An engine that can await a unit on the event loop returns its ``_run_unit``
+        twin here; the others run :meth:`run_unit` on the executor."""
+        return None
+
     async def run_unit_async(self, unit: UnitSpec, request: UnitRequest) -> UnitOutcome:
-        """:meth:`run_unit` for an event loop (on the executor unless overridden)."""
+        """:meth:`run_unit` for an event loop."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.run_unit, unit, request)
+        run = self._awaitable_unit()
+        if run is None:
+            return await loop.run_in_executor(self.executor, self.run_unit, unit, request)
+        try:
+            outcome = await run(unit, request)
+        except StatusRowExists:  # as in run_unit
+            request.look_first = True
+            outcome = await run(unit, request)
+        if outcome.trace is not None and self._traces.add(outcome.trace, flush=False):
+            await loop.run_in_executor(self.executor, self._traces.flush)
+        return outcome
 
     async def system_async(self, op: Callable[..., T], *args: Any, write: bool, **kwargs: Any) -> T:
         """:meth:`system` for an event loop (on the executor unless overridden)."""
@@ -165,7 +180,9 @@ class _TraceBuffer:
         self._rows: list[Sequence[Any]] = []
         self._timer: threading.Timer | None = None
 
-    def add(self, row: Sequence[Any]) -> None:
+    def add(self, row: Sequence[Any], *, flush: bool = True) -> bool:
+        """Hold a trace; stage what is held now if that makes :data:`FLUSH_ROWS` (or,
+        with ``flush=False``, return true so that the caller does, off its event loop)."""
         with self._lock:
             self._rows.append(row)
             full = len(self._rows) >= FLUSH_ROWS
@@ -173,8 +190,9 @@ class _TraceBuffer:
                 self._timer = threading.Timer(FLUSH_DELAY, self._on_timer)
                 self._timer.daemon = True
                 self._timer.start()
-        if full:
+        if full and flush:
             self.flush()
+        return full
 
     def _on_timer(self) -> None:
         try:

@@ -41,6 +41,7 @@ from apiary._database import Database
 from apiary._engines._base import DeclaredStatement, Engine
 from apiary._engines.cluster_config import ROUTINGS, ClusterConfig, ClusterConfigError
 from apiary._engines.cluster_install import PROXY_CLUSTER, install_partition, install_proxy
+from apiary._engines.pgwire import unit_outcome
 from apiary._engines.postgres import PostgresEngine
 from apiary._errors import (
     ApiaryError,
@@ -179,7 +180,7 @@ class ClusterEngine(Engine):
         request.home = home
         if self.routing == "proxy" and self.proxy is not None and route.kind == "key":
             data = self.proxy.call_keyed(unit, request, key)
-            outcome = _outcome(data)
+            outcome = unit_outcome(data)
             if outcome.trace is not None:
                 self.parts[index]._traces.add(outcome.trace)
             return outcome
@@ -191,7 +192,7 @@ class ClusterEngine(Engine):
         home = None if workflow_id is None else self.partition_index(workflow_id)
         if self.routing == "proxy" and self.proxy is not None:
             request.home = False  # records (if it must) on each partition, like steps
-            outcomes = [_outcome(data) for data in self.proxy.call_all(unit, request)]
+            outcomes = [unit_outcome(data) for data in self.proxy.call_all(unit, request)]
             for outcome in outcomes:
                 if outcome.trace is not None:
                     self.parts[0]._traces.add(outcome.trace)
@@ -314,7 +315,3 @@ class ClusterEngine(Engine):
         """Close every partition's (and the proxy's) connections."""
         for part in self._engines():
             part.close()
-
-
-def _outcome(data: Mapping[str, Any]) -> UnitOutcome:
-    return UnitOutcome(data["o"], _bookkeeping.decode_record(data["f"]), data["n"], data.get("t"))

@@ -11,7 +11,7 @@ from psycopg.conninfo import make_conninfo
 
 from apiary._app import AppInfo
 from apiary._engines.cluster_config import identity, libpq_params
-from apiary._engines.postgres import SYSTEM_SCHEMA, stub_name
+from apiary._engines.pgwire import SYSTEM_SCHEMA, stub_name
 from apiary._errors import NotInstalledError
 from apiary._execution import UnitSpec
 from apiary._partitioning import HASH_SQL

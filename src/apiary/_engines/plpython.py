@@ -314,7 +314,7 @@ def install(
     in_database: bool,
 ) -> None:
     """Install ``app`` over ``conn`` (autocommit); see the module docstring."""
-    from apiary._engines.postgres import stub_name, system_stub_name
+    from apiary._engines.pgwire import stub_name, system_stub_name
 
     try:
         with conn.transaction():
@@ -395,7 +395,7 @@ def _store_code(
 
 def _check_load(conn: psycopg.Connection[Any], app: AppInfo) -> None:
     """Load the runtime once in this backend, so that import errors surface at install."""
-    from apiary._engines.postgres import system_stub_name
+    from apiary._engines.pgwire import system_stub_name
 
     try:
         with conn.transaction():  # a savepoint: the install survives to report the error

@@ -10,20 +10,25 @@ comparison and for functions that need libraries the server's Python lacks.
 Every transaction runs under ``SERIALIZABLE``. Serialization failures and deadlocks
 (SQLSTATE 40001, 40P01) are retried outside the transaction with jittered backoff.
 
+With ``placement=db``, calls made on an event loop (``Runtime.run_async``, and so the
+HTTP frontend) are awaited there, over asyncio connections of that loop's own pool,
+instead of being handed to a thread and back: about 30 us less per call, and no context
+switches. Steps, and ``placement=client`` units, still run on the runtime's threads.
+
 URL options (removed before connecting; others go to libpq):
-``placement`` (``db`` | ``client``), ``pool_min`` (1), ``pool_max`` (16), ``pool_timeout``
+``placement`` (``db`` | ``client``), ``pool_min`` (1), ``pool_max`` (16; the threads'
+pool and each event loop's pool open up to this many connections), ``pool_timeout``
 (seconds to wait for a connection, 10).
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
-import hashlib
-import json
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -33,172 +38,43 @@ from psycopg.types.string import TextLoader
 
 from apiary import _codec
 from apiary._app import AppInfo
-from apiary._bookkeeping import StatusRowExists, VersionMismatch, decode_record, decode_result
+from apiary._bookkeeping import decode_result
 from apiary._capture import CapturePlan
 from apiary._database import (
     RETRY_SECONDS,
     Database,
-    Statement,
     TransactionConflict,
     backoff_delay,
     retry_attempts,
 )
 from apiary._engines._base import DeclaredStatement, Engine
-from apiary._engines.pgpool import ConnectionPool, PoolTimeout
+from apiary._engines.pgpool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+from apiary._engines.pgwire import (
+    SYSTEM_SCHEMA,
+    TEXT_TYPES,
+    PsycopgDatabase,
+    call_error,
+    is_conflict,
+    is_connection_lost,
+    stub_name,
+    system_stub_name,
+    unit_outcome,
+)
 from apiary._errors import (
-    ApiaryError,
     DatabaseUnavailableError,
-    FunctionError,
-    NotInstalledError,
     TransactionConflictError,
-    WorkflowConflictError,
 )
 from apiary._execution import UnitOutcome, UnitRequest, UnitSpec
-from apiary._indb import (
-    FUNCTION_ERROR_STATE,
-    NOT_INSTALLED_STATE,
-    STATUS_ROW_EXISTS_STATE,
-    UNAVAILABLE_CLASSES,
-    VERSION_MISMATCH_STATE,
-    WORKFLOW_CONFLICT_STATE,
-)
-from apiary._sql import info_of, placeholder_forms
 
 T = TypeVar("T")
 
-SYSTEM_SCHEMA = "apiary"
+#: Every connection's transactions are serializable.
+SERIALIZABLE_SQL = "SET default_transaction_isolation TO 'serializable'"
+
 PLACEMENTS = ("db", "client")
 
 #: Attempts for a unit whose connection broke; only units safe to repeat are retried.
 CONNECTION_ATTEMPTS = 3
-
-# PL/Python hands every type it has no Python mapping for to the function as its text
-# form (dates, timestamps, json, uuid, ...). Client placement reads those types as text
-# too, so that a function returns the same values in both placements.
-TEXT_TYPES = (
-    "date",
-    "time",
-    "timetz",
-    "timestamp",
-    "timestamptz",
-    "interval",
-    "json",
-    "jsonb",
-    "uuid",
-    "inet",
-    "cidr",
-    "macaddr",
-    "int4range",
-    "int8range",
-    "numrange",
-    "daterange",
-    "tsrange",
-    "tstzrange",
-)
-
-_system_texts: dict[str, str] = {}
-
-
-def _psycopg_text(stmt: Statement) -> str:
-    if stmt.system:
-        text = _system_texts.get(stmt.text)
-        if text is None:
-            text = placeholder_forms(stmt.text.replace("{sys}", f"{SYSTEM_SCHEMA}."))[1]
-            _system_texts[stmt.text] = text
-        return text
-    return str(info_of(stmt).psycopg_text)
-
-
-def _conflict(exc: BaseException) -> bool:
-    return isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected)
-
-
-def _connection_lost(exc: BaseException) -> bool:
-    """Whether an error is the server's trouble, not the application's: it could not be
-    reached, the connection broke, or it ran out of a resource (classes 08, 53, 57, 58)."""
-    if isinstance(exc, PoolTimeout):
-        return True
-    if not isinstance(exc, psycopg.Error) or _conflict(exc):
-        return False
-    state = getattr(exc, "sqlstate", None)
-    if state is None:
-        return isinstance(exc, psycopg.OperationalError)
-    return bool(state.startswith(UNAVAILABLE_CLASSES))
-
-
-class PsycopgDatabase:
-    """The execution core's adapter over a psycopg connection (one round trip a query)."""
-
-    __slots__ = ("conn",)
-
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self.conn = conn
-
-    def _cursor(self, stmt: Statement, params: Sequence[Any]) -> psycopg.Cursor[Any]:
-        try:
-            return self.conn.execute(_psycopg_text(stmt), params, prepare=True)
-        except psycopg.Error as exc:
-            if _conflict(exc):
-                raise TransactionConflict(str(exc)) from exc
-            if _connection_lost(exc):
-                raise DatabaseUnavailableError(f"PostgreSQL: {exc}") from exc
-            raise
-
-    def query(self, stmt: Statement, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """Run a statement and return its rows."""
-        cursor = self._cursor(stmt, params)
-        return cursor.fetchall() if cursor.description is not None else []
-
-    def execute(self, stmt: Statement, params: Sequence[Any]) -> int:
-        """Run a statement and return the number of rows it changed."""
-        cursor = self._cursor(stmt, params)
-        return cursor.rowcount
-
-
-def stub_name(app: str, unit: UnitSpec) -> str:
-    """The stored procedure of a unit: readable, unique per compiled unit, <= 63 bytes.
-
-    PostgreSQL truncates identifiers longer than 63 bytes, so the digest of the unit's
-    compiled form goes first and the readable part is cut to fit.
-    """
-    digest = hashlib.sha256(json.dumps([app, unit.to_json()], sort_keys=True).encode()).hexdigest()[
-        :12
-    ]
-    readable = "".join(c if c.isalnum() else "_" for c in f"{app}_{unit.id}")
-    return f"u{digest}_{readable}"[:63]
-
-
-def system_stub_name(app: str) -> str:
-    """The stored procedure that runs workflow bookkeeping for an app."""
-    return f"system_{app}"[:63].replace("-", "_")
-
-
-def _translate_call_error(exc: psycopg.Error) -> Exception:
-    state = exc.sqlstate
-    diag = exc.diag
-    # Through PL/Proxy (a cluster's proxy routing) the partition's error arrives with its
-    # SQLSTATE, its message prefixed "<function>: [<db>] REMOTE ERROR: " and its detail
-    # prefixed "Remote detail: ".
-    detail = (diag.message_detail or "").removeprefix("Remote detail: ")
-    if state == FUNCTION_ERROR_STATE:
-        return FunctionError.from_json(json.loads(detail or "{}"))
-    if state == VERSION_MISMATCH_STATE:
-        return VersionMismatch(detail)
-    if state == STATUS_ROW_EXISTS_STATE:
-        return StatusRowExists(diag.message_primary or str(exc))
-    message = diag.message_primary or str(exc)
-    message = message.partition(" REMOTE ERROR: ")[2] or message
-    message = message.removeprefix("plpy.Error: ")
-    if state == WORKFLOW_CONFLICT_STATE:
-        return WorkflowConflictError(message)
-    if state == NOT_INSTALLED_STATE or isinstance(exc, psycopg.errors.UndefinedFunction):
-        return NotInstalledError(
-            f"the app is not installed in this database (or is older than this code): "
-            f"run Runtime.install(): {message}"
-        )
-    if isinstance(exc, psycopg.errors.UndefinedTable) and "apiary." in message:
-        return NotInstalledError(f"Apiary's tables are missing: run Runtime.install(): {message}")
-    return ApiaryError(f"PostgreSQL: {message}")
 
 
 class PostgresEngine(Engine):
@@ -229,6 +105,8 @@ class PostgresEngine(Engine):
         self._pool_lock = threading.Lock()
         self._stubs: dict[int, tuple[UnitSpec, str]] = {}
         self._closed = False
+        # placement=db calls made from an event loop await a connection of its own pool.
+        self._async_pools: dict[int, tuple[asyncio.AbstractEventLoop, AsyncConnectionPool]] = {}
 
     @classmethod
     def from_url(cls, url: str, executor: concurrent.futures.Executor) -> PostgresEngine:
@@ -267,7 +145,7 @@ class PostgresEngine(Engine):
     # -- connections -----------------------------------------------------------------
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        conn.execute("SET default_transaction_isolation TO 'serializable'")
+        conn.execute(SERIALIZABLE_SQL)
         if self.placement == "client":
             for name in TEXT_TYPES:
                 conn.adapters.register_loader(name, TextLoader)
@@ -276,6 +154,13 @@ class PostgresEngine(Engine):
             # pay it when the pool opens the connection, not in a request.
             with contextlib.suppress(psycopg.Error):  # not installed yet: calls will say so
                 conn.execute(*self._warm_call())
+
+    async def _configure_async(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """:meth:`_configure` for a connection of an event loop's pool (placement=db)."""
+        await conn.execute(SERIALIZABLE_SQL)
+        if self.app is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.execute(*self._warm_call())
 
     def _warm_call(self) -> tuple[str, tuple[Any, ...]]:
         assert self.app is not None
@@ -300,6 +185,28 @@ class PostgresEngine(Engine):
                 pool = self._pool
         return pool
 
+    def _async_pool(self) -> AsyncConnectionPool:
+        """The connection pool of the running event loop (made on first use there; the
+        pools of loops that have closed since are closed)."""
+        loop = asyncio.get_running_loop()
+        found = self._async_pools.get(id(loop))
+        if found is not None and found[0] is loop:
+            return found[1]
+        if self._closed:
+            raise RuntimeError("this runtime is closed")
+        for key, (other, pool) in list(self._async_pools.items()):
+            if other.is_closed():
+                del self._async_pools[key]
+                pool.close_now()
+        pool = AsyncConnectionPool(
+            self.conninfo,
+            max_size=self.pool_max,
+            timeout=self.pool_timeout,
+            configure=self._configure_async,
+        )
+        self._async_pools[id(loop)] = (loop, pool)
+        return pool
+
     def connect(self) -> psycopg.Connection[Any]:
         """A new connection outside the pool (for install), in autocommit mode."""
         try:
@@ -319,12 +226,12 @@ class PostgresEngine(Engine):
             except TransactionConflict as exc:
                 last = exc
             except psycopg.Error as exc:
-                if _conflict(exc):
+                if is_conflict(exc):
                     last = exc
-                elif _connection_lost(exc):
+                elif is_connection_lost(exc):
                     raise DatabaseUnavailableError(f"PostgreSQL: {exc}") from exc
                 else:
-                    raise _translate_call_error(exc) from exc
+                    raise call_error(exc) from exc
             except PoolTimeout as exc:
                 raise DatabaseUnavailableError(f"no PostgreSQL connection: {exc}") from exc
             time.sleep(backoff_delay(attempt))
@@ -389,30 +296,58 @@ class PostgresEngine(Engine):
                 failure = self._call_failure(exc, repeatable, lost)
                 if failure is not None:
                     raise failure from exc
-                lost += int(not _conflict(exc))
+                lost += int(not is_conflict(exc))
             time.sleep(backoff_delay(attempt))
+        raise TransactionConflictError(f"a call kept conflicting for {RETRY_SECONDS:.0f} s")
+
+    async def _call_async(self, sql: str, params: tuple[Any, ...], *, repeatable: bool) -> Any:
+        """:meth:`_call` on the running event loop's pool, awaiting the answer there."""
+        lost = 0
+        for attempt in retry_attempts():
+            try:
+                pool = self._async_pool()
+                conn = await pool.take()
+                try:
+                    cursor = await conn.execute(sql, params, prepare=True)
+                    row = await cursor.fetchone()
+                finally:
+                    await pool.give(conn)
+                return _codec.loads(row[0]) if row is not None else None
+            except (psycopg.Error, PoolTimeout) as exc:
+                failure = self._call_failure(exc, repeatable, lost)
+                if failure is not None:
+                    raise failure from exc
+                lost += int(not is_conflict(exc))
+            await asyncio.sleep(backoff_delay(attempt))
         raise TransactionConflictError(f"a call kept conflicting for {RETRY_SECONDS:.0f} s")
 
     def _call_failure(self, exc: BaseException, repeatable: bool, lost: int) -> Exception | None:
         """What to raise for a failed call, or ``None`` to retry it."""
-        if _conflict(exc):
+        if is_conflict(exc):
             return None
-        if _connection_lost(exc):
+        if is_connection_lost(exc):
             # A call whose connection broke may or may not have committed: repeat it only
             # if that is harmless (a recorded unit finds its output; a read changes nothing).
             if repeatable and lost + 1 < CONNECTION_ATTEMPTS:
                 return None
             return DatabaseUnavailableError(f"PostgreSQL: {exc}")
         assert isinstance(exc, psycopg.Error)
-        return _translate_call_error(exc)
+        return call_error(exc)
 
     def _run_unit(self, unit: UnitSpec, request: UnitRequest) -> UnitOutcome:
         """Run a unit: in its stored procedure (``db``) or here over a connection."""
         if self.placement == "client":
             return super()._run_unit(unit, request)
         sql, params = self._unit_call(unit, request)
-        data = self._call(sql, params, repeatable=unit.read_only or unit.recorded)
-        return UnitOutcome(data["o"], decode_record(data["f"]), data["n"], data.get("t"))
+        return unit_outcome(self._call(sql, params, repeatable=unit.read_only or unit.recorded))
+
+    def _awaitable_unit(self) -> Callable[[UnitSpec, UnitRequest], Awaitable[UnitOutcome]] | None:
+        return self._run_unit_async if self.placement == "db" else None
+
+    async def _run_unit_async(self, unit: UnitSpec, request: UnitRequest) -> UnitOutcome:
+        sql, params = self._unit_call(unit, request)
+        repeatable = unit.read_only or unit.recorded
+        return unit_outcome(await self._call_async(sql, params, repeatable=repeatable))
 
     def system(self, op: Callable[..., T], *args: Any, write: bool, **kwargs: Any) -> T:
         """Run a bookkeeping function: in the system procedure (``db``) or here."""
@@ -420,6 +355,13 @@ class PostgresEngine(Engine):
             return super().system(op, *args, write=write, **kwargs)
         sql, params = self._system_call(op, args, kwargs)
         return decode_result(self._call(sql, params, repeatable=True))  # type: ignore[no-any-return]
+
+    async def system_async(self, op: Callable[..., T], *args: Any, write: bool, **kwargs: Any) -> T:
+        """:meth:`system`, awaited on the event loop (placement=db)."""
+        if self.placement == "client":
+            return await super().system_async(op, *args, write=write, **kwargs)
+        sql, params = self._system_call(op, args, kwargs)
+        return decode_result(await self._call_async(sql, params, repeatable=True))  # type: ignore[no-any-return]
 
     # -- install ---------------------------------------------------------------------
 
@@ -437,9 +379,19 @@ class PostgresEngine(Engine):
             install(conn, app, statements, units, plans, in_database=self.placement == "db")
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools."""
         with self._pool_lock:
             self._closed = True
             pool, self._pool = self._pool, None
+            loops, self._async_pools = list(self._async_pools.values()), {}
         if pool is not None:
             pool.close()
+        for _, async_pool in loops:
+            async_pool.close_now()
+
+    async def aclose(self) -> None:
+        """:meth:`close`, closing the running loop's connections on the loop."""
+        found = self._async_pools.pop(id(asyncio.get_running_loop()), None)
+        if found is not None:
+            await found[1].close()
+        self.close()
