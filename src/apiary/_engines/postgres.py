@@ -293,10 +293,7 @@ class PostgresEngine(Engine):
                     pool.give(conn)
                 return _codec.loads(row[0]) if row is not None else None
             except (psycopg.Error, PoolTimeout) as exc:
-                failure = self._call_failure(exc, repeatable, lost)
-                if failure is not None:
-                    raise failure from exc
-                lost += int(not is_conflict(exc))
+                lost = self._retry_after(exc, repeatable, lost)
             time.sleep(backoff_delay(attempt))
         raise TransactionConflictError(f"a call kept conflicting for {RETRY_SECONDS:.0f} s")
 
@@ -314,12 +311,17 @@ class PostgresEngine(Engine):
                     await pool.give(conn)
                 return _codec.loads(row[0]) if row is not None else None
             except (psycopg.Error, PoolTimeout) as exc:
-                failure = self._call_failure(exc, repeatable, lost)
-                if failure is not None:
-                    raise failure from exc
-                lost += int(not is_conflict(exc))
+                lost = self._retry_after(exc, repeatable, lost)
             await asyncio.sleep(backoff_delay(attempt))
         raise TransactionConflictError(f"a call kept conflicting for {RETRY_SECONDS:.0f} s")
+
+    def _retry_after(self, exc: BaseException, repeatable: bool, lost: int) -> int:
+        """Raise what a failed call must raise, or return the count of lost connections
+        for its retry."""
+        failure = self._call_failure(exc, repeatable, lost)
+        if failure is not None:
+            raise failure from exc
+        return lost + int(not is_conflict(exc))
 
     def _call_failure(self, exc: BaseException, repeatable: bool, lost: int) -> Exception | None:
         """What to raise for a failed call, or ``None`` to retry it."""
