@@ -385,6 +385,31 @@ def test_unreachable_server_raises_database_unavailable(placement: str) -> None:
             rt.call("whereami")
         with pytest.raises(apiary.DatabaseUnavailableError):
             rt.run("doubled", tag="x", n=1)
+        # From an event loop too (with placement=db, over the loop's own connections).
+        with pytest.raises(apiary.DatabaseUnavailableError):
+            asyncio.run(rt.call_async("whereami"))
+        with pytest.raises(apiary.DatabaseUnavailableError):
+            asyncio.run(rt.run_async("doubled", tag="x", n=1))
+
+
+def test_run_async_gets_past_backends_that_were_terminated(
+    pg_database: str, runtimes: MakeRuntime
+) -> None:
+    # A server restart breaks every pooled connection: a call that is safe to repeat
+    # (read-only here) is retried on a new one, and the broken idle ones are dropped.
+    rt = runtimes(pg_engine.app, pool_max=4)
+
+    async def main() -> list[int]:
+        first = await asyncio.gather(*(rt.call_async("plus_one", n=n) for n in range(4)))
+        with admin_connect(pg_database) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        later = [await rt.call_async("plus_one", n=n) for n in range(10, 14)]
+        return [*first, *later]
+
+    assert asyncio.run(main()) == [1, 2, 3, 4, 11, 12, 13, 14]
 
 
 def code_rows(url: str, app: str) -> int:
