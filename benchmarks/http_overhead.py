@@ -7,6 +7,8 @@ their own, and times the counter's ``read`` and ``increment`` one request at a t
 two load generators:
 
 * ``httpx``: ``httpx.Client``, as ``apiary bench`` does;
+* ``apiary.Client``: the client library (on ``httpx``), for ``apiary serve`` only;
+* ``http.client``: the standard library's ``HTTPConnection``, kept alive;
 * ``raw``: HTTP/1.1 written on a keep-alive socket by hand, which costs next to nothing.
 
 Rounds are interleaved (system, client, operation). For each it prints the median
@@ -73,6 +75,34 @@ def raw_client(system: HttpSystem) -> Call:
     return call
 
 
+def stdlib_client(system: HttpSystem) -> Call:
+    """``http.client.HTTPConnection`` with keep-alive."""
+    import http.client
+
+    host, port = system.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port))
+    headers = {**system.headers, "Content-Type": "application/json"}
+
+    def call(op: str, args: dict[str, Any]) -> Any:
+        conn.request("POST", system.path(op), body=json.dumps(args), headers=headers)
+        answer = conn.getresponse()
+        body = answer.read()
+        if answer.status != 200:
+            raise RuntimeError(f"{system.name}: HTTP {answer.status} {body[:200]!r}")
+        return json.loads(body)["output"]
+
+    return call
+
+
+def library_client(system: HttpSystem) -> Call:
+    """``apiary.Client`` with the system's key."""
+    import apiary
+
+    key = system.headers["Authorization"].removeprefix("Bearer ")
+    client = apiary.Client(system.url, api_key=key)
+    return lambda op, args: client.run(op, **args)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Time both servers with both clients and print a table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -96,17 +126,26 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for system in systems:
             system.open(1)
+        kinds: list[tuple[str, Callable[[HttpSystem], Call]]] = [
+            ("httpx", HttpSystem.runner),
+            ("apiary.Client", library_client),
+            ("http.client", stdlib_client),
+            ("raw", raw_client),
+        ]
+        # Made afresh for each round of each: uvicorn closes a connection idle for 5 s.
         clients = {
-            (system.name, kind): make(system)
+            (system.name, kind): make
             for system in systems
-            for kind, make in (("httpx", HttpSystem.runner), ("raw", raw_client))
+            for kind, make in kinds
+            if kind != "apiary.Client" or isinstance(system, ApiaryHttp)
         }
         rng = random.Random(1)
         for _ in range(args.rounds):
             for op in ("read", "increment"):
-                for (name, kind), call in clients.items():
+                for (name, kind), make in clients.items():
                     system = next(s for s in systems if s.name == name)
                     assert system.process is not None
+                    call = make(system)
                     for _ in range(100):  # warm-up
                         call(op, {"counter_id": rng.randrange(args.keys)})
                     server0, me0 = process_cpu(system.process.pid), time.process_time()
