@@ -264,6 +264,18 @@ def test_a_dead_frontend_is_skipped(served: RunningFrontend, dead_url: str) -> N
         assert effects(client, "f-1") == 1
 
 
+def test_a_kept_alive_connection_the_frontend_closed_is_replaced_at_once(
+    served: RunningFrontend,
+) -> None:
+    # uvicorn closes a connection idle for 5 s. The next call goes out again at once on a
+    # new connection: with retry_for=0 there is no retry to fall back on.
+    with Client(served.url, served.invoke, retry_for=0) as client:
+        assert client.run("add", name="k", amount=1)["total"] == 1
+        time.sleep(5.5)
+        assert client.run("add", name="k", amount=1)["total"] == 2
+        assert client.health()["status"] == "ok"
+
+
 def test_a_lost_answer_is_asked_for_again(served: RunningFrontend, server_errors: None) -> None:
     # The first attempt outlasts the client's timeout (the step sleeps); the retry, with
     # the same workflow ID, finds the run and finishes it: its write took effect once.

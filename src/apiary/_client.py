@@ -1,12 +1,13 @@
 """The client library: run workflows on Apiary frontends over HTTP, exactly once.
 
-:class:`Client` (blocking, on ``httpx.Client``) and :class:`AsyncClient` (``async``, on
-``httpx.AsyncClient``) speak the protocol of ``docs/FRONTEND.md`` through one implementation
-that does no I/O, :class:`_Protocol`: it builds each request, decodes each answer, and
-decides after each attempt whether to answer, raise, or try again (where, and after how
-long). A call is a generator of *actions*, "send this request to this URL" or "pause this
-long"; a client performs them, with blocking calls or with ``await``, and sends each answer
-back in (or throws the transport error in). So the retry policy exists once.
+:class:`Client` (blocking, on the standard library's ``http.client``) and
+:class:`AsyncClient` (``async``, on ``httpx.AsyncClient``) speak the protocol of
+``docs/FRONTEND.md`` through one implementation that does no I/O, :class:`_Protocol`: it
+builds each request, decodes each answer, and decides after each attempt whether to
+answer, raise, or try again (where, and after how long). A call is a generator of
+*actions*, "send this request to this URL" or "pause this long"; a client performs them,
+with blocking calls or with ``await``, and sends each answer back in (or throws the
+transport error in). So the retry policy exists once.
 
 Exactly once from the caller's side: a client takes a client ID from the database once
 (``POST /v1/clients``) and names its workflows ``{client_id}-{n}``. Each run carries its
@@ -18,11 +19,14 @@ outcome instead of running twice.
 from __future__ import annotations
 
 import asyncio
+import http.client
+import ssl
 import threading
 import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
+from urllib.parse import SplitResult, urlsplit
 
 from apiary._client_protocol import (
     _Pause,
@@ -42,6 +46,119 @@ T = TypeVar("T")
 # ------------------------------------------------------------------------------------------
 # The clients: the I/O
 # ------------------------------------------------------------------------------------------
+
+
+class _Answer:
+    """An answer, with what the protocol reads of one (as ``httpx.Response`` has it)."""
+
+    __slots__ = ("content", "headers", "reason_phrase", "status_code", "url")
+
+    def __init__(
+        self, status_code: int, reason_phrase: str, url: str, headers: Any, content: bytes
+    ) -> None:
+        self.status_code = status_code
+        self.reason_phrase = reason_phrase
+        self.url = url
+        self.headers = headers  # case-insensitive get(), as http.client gives them
+        self.content = content
+
+
+class _Connections:
+    """Blocking HTTP/1.1 for :class:`Client`, on ``http.client``: one kept-alive
+    connection per thread and frontend.
+
+    It costs about a third of the CPU per request of ``httpx.Client``
+    (``benchmarks/http_overhead.py``). A connection that fails is closed, never reused: an
+    answer that arrives late must not be read as the next request's. A kept-alive
+    connection the frontend closed meanwhile (uvicorn closes those idle for 5 s) is
+    replaced and the request sent once more at once; any other failure becomes the
+    ``httpx`` transport error the protocol retries on.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[http.client.HTTPConnection] = []
+        self._closed = False
+
+    def request(
+        self, method: str, url: str, headers: dict[str, str], content: bytes | None
+    ) -> _Answer:
+        parts = urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        mine: dict[tuple[str, str], http.client.HTTPConnection] = self._local.__dict__.setdefault(
+            "connections", {}
+        )
+        key = (parts.scheme, parts.netloc)
+        conn = mine.get(key)
+        reused = conn is not None
+        while True:
+            if conn is None:
+                conn = mine[key] = self._connect(parts)
+            try:
+                conn.request(method, target, body=content, headers=headers)
+                answer = conn.getresponse()
+                body = answer.read()
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                self._forget(mine, key, conn)
+                stale = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+                if reused and isinstance(exc, stale):
+                    conn, reused = None, False
+                    continue
+                raise _transport_error(exc) from exc
+            if answer.will_close:
+                self._forget(mine, key, conn)
+            return _Answer(answer.status, answer.reason, url, answer.headers, body)
+
+    def _connect(self, parts: SplitResult) -> http.client.HTTPConnection:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this client is closed")
+        host, port = parts.hostname or "", parts.port
+        conn: http.client.HTTPConnection
+        if parts.scheme == "https":
+            context = ssl.create_default_context()
+            conn = http.client.HTTPSConnection(host, port, timeout=self.timeout, context=context)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
+        with self._lock:
+            self._open.append(conn)
+        return conn
+
+    def _forget(
+        self,
+        mine: dict[tuple[str, str], http.client.HTTPConnection],
+        key: tuple[str, str],
+        conn: http.client.HTTPConnection,
+    ) -> None:
+        mine.pop(key, None)
+        conn.close()
+        with self._lock:
+            if conn in self._open:
+                self._open.remove(conn)
+
+    def close(self) -> None:
+        """Close every thread's connections."""
+        with self._lock:
+            self._closed = True
+            conns, self._open = self._open, []
+        for conn in conns:
+            conn.close()
+
+
+def _transport_error(exc: BaseException) -> Exception:
+    """The ``httpx`` transport error the protocol knows for a failure of ``http.client``."""
+    import httpx
+
+    message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, ValueError):  # a header http.client refuses to send
+        return httpx.LocalProtocolError(message)
+    if isinstance(exc, TimeoutError):
+        return httpx.ReadTimeout(message)
+    if isinstance(exc, ConnectionRefusedError):
+        return httpx.ConnectError(message)
+    return httpx.TransportError(message)
 
 
 class Client:
@@ -76,7 +193,7 @@ class Client:
 
         self._protocol = _Protocol(url, api_key, retry_for)
         self._id_lock = threading.Lock()
-        self._http = httpx.Client(timeout=timeout)
+        self._http = _Connections(timeout)
         self._transport_error = httpx.TransportError
 
     @property
@@ -191,13 +308,13 @@ class Client:
                     continue
                 request = action.request
                 try:
-                    response = self._http.request(
-                        request.method, action.url, headers=request.headers, content=request.body
+                    answer = self._http.request(
+                        request.method, action.url, request.headers, request.body
                     )
                 except self._transport_error as exc:
                     action = plan.throw(exc)
                 else:
-                    action = plan.send(response)
+                    action = plan.send(answer)  # type: ignore[arg-type]
         except StopIteration as done:
             return cast(T, done.value)
         finally:
