@@ -17,8 +17,8 @@ switches. Steps, and ``placement=client`` units, still run on the runtime's thre
 
 URL options (removed before connecting; others go to libpq):
 ``placement`` (``db`` | ``client``), ``pool_min`` (1), ``pool_max`` (16; the threads'
-pool and each event loop's pool open up to this many connections), ``pool_timeout``
-(seconds to wait for a connection, 10).
+pool and each event loop's pool open up to this many connections, an event loop's no more
+than the runtime's ``max_workers``), ``pool_timeout`` (seconds to wait for a connection, 10).
 """
 
 from __future__ import annotations
@@ -198,9 +198,12 @@ class PostgresEngine(Engine):
             if other.is_closed():
                 del self._async_pools[key]
                 pool.close_now()
+        # As many calls at once as the runtime's threads would have made (max_workers):
+        # more would only add conflicts on hot rows, and starve some of them.
+        workers = getattr(self.executor, "_max_workers", self.pool_max)
         pool = AsyncConnectionPool(
             self.conninfo,
-            max_size=self.pool_max,
+            max_size=min(self.pool_max, workers),
             timeout=self.pool_timeout,
             configure=self._configure_async,
         )
