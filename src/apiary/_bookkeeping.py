@@ -215,6 +215,23 @@ SYSTEM_STATEMENTS = (
 # --------------------------------------------------------------------------------------
 
 
+def _status_row(
+    workflow_id: str, start: Mapping[str, Any], now: float, *outcome: str
+) -> tuple[Any, ...]:
+    """The values of a status row's INSERT: the ID, the start's name and inputs, the
+    ``outcome`` (an output or an error, if any), owner, version, and both timestamps."""
+    return (
+        workflow_id,
+        start["name"],
+        start["inputs"],
+        *outcome,
+        start.get("owner"),
+        start.get("version"),
+        now,
+        now,
+    )
+
+
 def get_workflow(db: Database, workflow_id: str) -> WorkflowRecord | None:
     """Read a workflow's status row."""
     rows = db.query(GET_WORKFLOW, (workflow_id,))
@@ -234,15 +251,7 @@ def begin_workflow(
     now = time.time()
     created = db.execute(
         BEGIN_WORKFLOW,
-        (
-            workflow_id,
-            start["name"],
-            start["inputs"],
-            start.get("owner"),
-            start.get("version"),
-            now,
-            now,
-        ),
+        _status_row(workflow_id, start, now),
     )
     if created:
         return True, None
@@ -297,16 +306,7 @@ def finish_new_workflow(
     now = time.time()
     inserted = db.execute(
         INSERT_FINISHED_WORKFLOW,
-        (
-            workflow_id,
-            start["name"],
-            start["inputs"],
-            output,
-            start.get("owner"),
-            start.get("version"),
-            now,
-            now,
-        ),
+        _status_row(workflow_id, start, now, output),
     )
     if not inserted:
         if not looked:
@@ -348,16 +348,7 @@ def end_workflow(
     if not changed and error is not None and start is not None:
         changed = db.execute(
             INSERT_FAILED_WORKFLOW,
-            (
-                workflow_id,
-                start["name"],
-                start["inputs"],
-                error,
-                start.get("owner"),
-                start.get("version"),
-                now,
-                now,
-            ),
+            _status_row(workflow_id, start, now, error),
         )
     if changed:
         return WorkflowRecord(
