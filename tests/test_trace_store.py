@@ -392,6 +392,100 @@ def test_microsecond_timestamps_and_float_seconds_are_both_read(store: TraceStor
     assert events == [(micros + 100, 1), (int(T0 * 1e6), 2)]
 
 
+def test_a_document_of_statement_events_stores_what_row_events_store(tmp_path: Path) -> None:
+    # Units stage "u": 2 documents (one event per statement run, holding its rows'
+    # captured columns); older versions staged one event per row ("u": 1). The same
+    # accesses in both forms must store the same events, in the same order.
+    micros = 1_700_000_000_000_000
+    join = [
+        "SELECT c.name, o.amount FROM customers c LEFT JOIN orders o ON ...",
+        "read",
+        ["customers", "orders"],
+        [["customers", ["id"]], ["orders", ["customer_id", "order_no"]]],
+    ]
+    point = [
+        "SELECT name FROM customers WHERE id = ?",
+        "read",
+        ["customers"],
+        [["customers", ["id"]]],
+    ]
+    total = ["SELECT count(*) FROM orders", "read", ["orders"], []]
+    functions = [["c1", "get", micros, micros + 50, True], ["c2", "put", micros + 60, None, False]]
+    statements = [join, point, total]
+    grouped = {
+        "u": 2,
+        "s": statements,
+        "f": functions,
+        "e": [
+            [0, micros + 1, 0, [[1, 1, 7], [2, None, None], [None, 3, 8]]],
+            [0, micros + 2, 1, [5, None]],
+            [1, micros + 61, 1, []],  # a lookup that found nothing
+            [1, micros + 62, 2],  # a statement that names no rows
+        ],
+    }
+    by_row = {
+        "u": 1,
+        "f": functions,
+        "s": statements,
+        "e": [
+            [0, micros + 1, 0, 0, [1]],
+            [0, micros + 1, 0, 1, [1, 7]],
+            [0, micros + 1, 0, 0, [2]],
+            [0, micros + 1, 0, 1, [3, 8]],
+            [0, micros + 2, 1, 0, [5]],
+            [1, micros + 61, 1, -1, None],
+            [1, micros + 62, 2, -1, None],
+        ],
+    }
+    stored = []
+    for name, document in (("grouped", grouped), ("by_row", by_row)):
+        with TraceStore(str(tmp_path / f"{name}.duckdb"), TABLES) as store:
+            assert store.ingest([(1, "w", "w/1", _codec.dumps(document))]) == [1]
+            stored.append(
+                [
+                    store.sql(
+                        f"SELECT epoch_us(ts), invocation_id, op, statement, {columns}, seq "
+                        f"FROM {table} ORDER BY seq"
+                    )[1]
+                    for table, columns in (
+                        ("customers_events", "id"),
+                        ("orders_events", "customer_id, order_no"),
+                        ("statement_events", "tables"),
+                    )
+                ]
+            )
+    assert stored[0] == stored[1]
+    customers, orders, statement_level = stored[0]
+    assert [row[4] for row in customers] == [1, 2, 5]
+    assert [row[4:6] for row in orders] == [(1, 7), (3, 8)]
+    assert [row[1] for row in statement_level] == ["c2", "c2"]
+
+
+def test_malformed_statement_events_are_kept_aside(store: TraceStore) -> None:
+    statement = ["SELECT ...", "read", ["orders"], [["orders", ["customer_id", "order_no"]]]]
+    functions = [["c", "get", 1_700_000_000_000_000, None, True]]
+
+    def document(events: list[Any], version: int = 2) -> str:
+        return _codec.dumps({"u": version, "s": [statement], "f": functions, "e": events})
+
+    good = document([[0, 1_700_000_000_000_001, 0, [[7, 1]]]])
+    batch = [
+        (1, "w1", "w1/u", good),
+        (2, "w2", "w2/u", document([[0, 1_700_000_000_000_001, 0, [[7]]]])),  # one column
+        (3, "w3", "w3/u", document([[0, 1_700_000_000_000_001, 0, [7, 1]]])),  # not rows
+        (4, "w4", "w4/u", document([[0, 1_700_000_000_000_001, 0, [], []]])),  # two lists
+        (5, "w5", "w5/u", document([[1, 1_700_000_000_000_001, 0, []]])),  # no function 1
+        (6, "w6", "w6/u", document([], version=3)),  # a newer format
+    ]
+    assert sorted(store.ingest(batch)) == [1, 2, 3, 4, 5, 6]
+    rejected = store.sql("SELECT staging_id FROM rejected_payloads ORDER BY 1")[1]
+    assert rejected == [(2,), (3,), (4,), (5,), (6,)]
+    assert store.sql("SELECT workflow_id, customer_id, order_no FROM orders_events")[1] == [
+        ("w1", 7, 1)
+    ]
+    assert "newer" in store.sql("SELECT error FROM rejected_payloads WHERE staging_id = 6")[1][0][0]
+
+
 def test_an_already_spooled_row_is_skipped_not_stored_twice(store: TraceStore) -> None:
     batch = [
         (1, "w1", "w1/u", unit_payload("w1", 7, 1)),

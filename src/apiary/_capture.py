@@ -11,7 +11,8 @@ shipped as JSON into PostgreSQL):
   (aggregates, DISTINCT, set operations, subqueries: reads that cannot name their rows).
 
 A :class:`UnitTrace` collects, during one unit, one entry per function execution and one
-event per row touched, as one JSON document. A unit whose transaction writes stages it
+event per statement run (holding the captured columns of every row it returned), as one
+JSON document. A unit whose transaction writes stages it
 with **one** statement in that same transaction: the trace of a write exists exactly when
 the transaction committed. A read-only unit's transaction stays read-only (on SQLite it
 runs on a snapshot, without the write lock; on PostgreSQL it needs no WAL flush at
@@ -52,7 +53,7 @@ class CapturePlan:
             more columns, which ``groups`` split: ``[table, [columns...]]`` each.
     """
 
-    __slots__ = ("extra", "groups", "mode", "op", "slices", "tables", "variant")
+    __slots__ = ("entry", "extra", "groups", "mode", "op", "slices", "tables", "variant")
 
     def __init__(
         self,
@@ -75,6 +76,8 @@ class CapturePlan:
             end = start + len(columns)
             self.slices.append((group, start, end or None))
             start = end
+        #: The statement's entry in a trace document, JSON text (made on first use).
+        self.entry: str | None = None
 
     def to_json(self) -> list[Any]:
         """The plan as JSON data."""
@@ -93,6 +96,9 @@ class CapturePlan:
         return cls(mode, op, tables, variant, groups)
 
 
+_time_ns = time.time_ns
+
+
 def _micros() -> int:
     """Now, in whole microseconds since the epoch: integers encode in a fraction of the
     time of floats (most of a trace document's numbers are timestamps)."""
@@ -102,17 +108,28 @@ def _micros() -> int:
 class UnitTrace:
     """What one unit's functions touched, staged at the end of its transaction.
 
-    The staged document is ``{"u": 1, "f": functions, "s": statements, "e": events}``;
-    ``"u": 1`` says its timestamps are integer microseconds (documents without it, staged
-    by older versions, have float seconds).
+    The staged document is ``{"u": 2, "s": statements, "f": functions, "e": events}``:
+
+    * ``s``: ``[text, op, tables, groups]`` of each statement the unit ran;
+    * ``f``: ``[invocation_id, function, started, ended, read_only]`` of each function
+      execution, timestamps in integer microseconds since the epoch;
+    * ``e``: one event per statement run, ``[function, ts, statement]`` for a statement
+      captured without rows, ``[function, ts, statement, rows]`` for one captured with
+      rows: ``rows`` holds, for each row the statement returned, its captured columns (the
+      value itself when the plan captures one column, else the list of them all, which
+      the plan's ``groups`` split by table). A statement that returned no rows has an
+      empty list: the access still happened (a lookup that found nothing).
+
+    Older versions staged ``"u": 1`` documents (one event per row captured) and
+    documents without ``"u"`` (float seconds); the spooler reads all three.
     """
 
-    __slots__ = ("_index", "events", "functions", "statements")
+    __slots__ = ("_entries", "_index", "events", "functions")
 
     def __init__(self) -> None:
         self.functions: list[list[Any]] = []
-        self.statements: list[list[Any]] = []
         self.events: list[list[Any]] = []
+        self._entries: list[str] = []
         self._index: dict[str, int] = {}
 
     def begin(self, invocation_id: str | None, function: str, read_only: bool) -> int:
@@ -127,52 +144,50 @@ class UnitTrace:
     def _statement(self, text: str, plan: CapturePlan) -> int:
         found = self._index.get(text)
         if found is None:
-            found = self._index[text] = len(self.statements)
-            self.statements.append([text, plan.op, plan.tables, [list(g) for g in plan.groups]])
+            entry = plan.entry
+            if entry is None:  # encoded once per plan, not once per unit
+                entry = plan.entry = _codec.dumps([text, plan.op, plan.tables, plan.groups])
+            found = self._index[text] = len(self._entries)
+            self._entries.append(entry)
         return found
 
     def rows(
         self, number: int, text: str, plan: CapturePlan, rows: Sequence[Sequence[Any]]
     ) -> list[tuple[Any, ...]]:
         """Record the captured columns of ``rows``; return the rows the application sees."""
-        statement = self._statement(text, plan)
-        now = _micros()
         extra = plan.extra
-        events = self.events
-        if not rows:
-            # Nothing matched: the access still happened (a lookup that found nothing).
-            events.append([number, now, statement, -1, None])
-            return []
-        slices = plan.slices
-        if len(slices) == 1 and extra == 1:  # one key column (the common read)
-            for row in rows:
-                value = row[-1]
-                if value is not None:
-                    events.append([number, now, statement, 0, [value]])
+        if len(rows) == 1:  # the common case, without the comprehensions
+            row = rows[0]
+            captured: list[Any] = [row[-1] if extra == 1 else row[-extra:]]
+        elif extra == 1:  # one key column (the common read)
+            captured = [row[-1] for row in rows]
         else:
-            for row in rows:
-                for group, start, end in slices:
-                    values = list(row[start:end])
-                    if values.count(None) < len(values):  # an outer join's missing side
-                        events.append([number, now, statement, group, values])
+            captured = [row[-extra:] for row in rows]
+        self.events.append([number, _time_ns() // 1000, self._statement(text, plan), captured])
+        if not rows:
+            return []
         cut = len(rows[0]) - extra
         if not cut:  # a write without RETURNING of its own shows no rows
             return []
         if type(rows[0]) is tuple:
+            if len(rows) == 1:
+                return [rows[0][:cut]]  # type: ignore[list-item]
             return [row[:cut] for row in rows]  # type: ignore[misc]
         return [tuple(row[:cut]) for row in rows]
 
     def statement(self, number: int, text: str, plan: CapturePlan) -> None:
         """Record a statement that cannot name its rows."""
-        statement = self._statement(text, plan)
-        self.events.append([number, _micros(), statement, -1, None])
+        self.events.append([number, _time_ns() // 1000, self._statement(text, plan)])
 
     def staged_row(self, workflow_id: str | None, invocation_id: str | None) -> StagedTrace | None:
         """The unit's trace as a row of the staging table (``None`` if nothing ran)."""
         if not self.functions:
             return None
-        document = {"u": 1, "f": self.functions, "s": self.statements, "e": self.events}
-        return (workflow_id, invocation_id, _codec.dumps_rows(document), time.time())
+        document = (
+            f'{{"u":2,"s":[{",".join(self._entries)}],'
+            f'"f":{_codec.dumps_rows(self.functions)},"e":{_codec.dumps_rows(self.events)}}}'
+        )
+        return (workflow_id, invocation_id, document, time.time())
 
     def stage(self, db: Database, workflow_id: str | None, invocation_id: str | None) -> None:
         """Stage the unit's trace in the current transaction (one statement)."""

@@ -321,8 +321,13 @@ class InDatabaseRuntime:
             "f": self.bookkeeping.encode_record(outcome.finished),
             "n": outcome.created,
         }
-        if outcome.trace is not None:  # a read-only unit's trace, staged by the client
-            answer["t"] = outcome.trace
+        if outcome.trace is not None:
+            # A read-only unit's trace, staged by the client: the document follows the
+            # answer after a newline (neither JSON text holds one), so that it is neither
+            # escaped here nor unescaped there.
+            workflow_id, invocation_id, document, created = outcome.trace
+            answer["t"] = [workflow_id, invocation_id, None, created]
+            return f"{self.codec.dumps(answer)}\n{document}"
         return self.codec.dumps(answer)  # type: ignore[no-any-return]
 
     def system(self, op: str, payload: str) -> str:

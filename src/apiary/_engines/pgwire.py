@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import psycopg.errors
 
+from apiary import _codec
 from apiary._bookkeeping import StatusRowExists, VersionMismatch, decode_record
 from apiary._database import Statement, TransactionConflict
 from apiary._engines.pgpool import PoolTimeout
@@ -136,6 +137,17 @@ def stub_name(app: str, unit: UnitSpec) -> str:
 def system_stub_name(app: str) -> str:
     """The stored procedure that runs workflow bookkeeping for an app."""
     return f"system_{app}"[:63].replace("-", "_")
+
+
+def decode_answer(text: str) -> Any:
+    """A stored procedure's answer: JSON text, followed, for a unit that hands back a
+    read-only trace, by a newline and the trace's document (see ``_indb``), which goes
+    in as the document of the answer's ``"t"``."""
+    head, newline, document = text.partition("\n")
+    data = _codec.loads(head)
+    if newline:
+        data["t"][2] = document
+    return data
 
 
 def unit_outcome(data: Mapping[str, Any]) -> UnitOutcome:

@@ -54,6 +54,7 @@ from apiary._engines.pgwire import (
     TEXT_TYPES,
     PsycopgDatabase,
     call_error,
+    decode_answer,
     is_conflict,
     is_connection_lost,
     stub_name,
@@ -290,11 +291,11 @@ class PostgresEngine(Engine):
                 try:
                     cursor = conn.execute(sql, params, prepare=True)
                     if rows:
-                        return [_codec.loads(row[0]) for row in cursor.fetchall()]
+                        return [decode_answer(row[0]) for row in cursor.fetchall()]
                     row = cursor.fetchone()
                 finally:
                     pool.give(conn)
-                return _codec.loads(row[0]) if row is not None else None
+                return decode_answer(row[0]) if row is not None else None
             except (psycopg.Error, PoolTimeout) as exc:
                 lost = self._retry_after(exc, repeatable, lost)
             time.sleep(backoff_delay(attempt))
@@ -312,7 +313,7 @@ class PostgresEngine(Engine):
                     row = await cursor.fetchone()
                 finally:
                     await pool.give(conn)
-                return _codec.loads(row[0]) if row is not None else None
+                return decode_answer(row[0]) if row is not None else None
             except (psycopg.Error, PoolTimeout) as exc:
                 lost = self._retry_after(exc, repeatable, lost)
             await asyncio.sleep(backoff_delay(attempt))

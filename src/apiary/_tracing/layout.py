@@ -284,7 +284,10 @@ class _Batch:
         staging_id, workflow_id, unit_invocation_id, _ = row
         first = len(self.functions.rows) + 1
         add_function = self.functions.rows.append
-        scale = 1e-6 if doc.get("u") == 1 else 1.0  # integer microseconds, or float seconds
+        version = doc.get("u")
+        if version not in (None, 1, 2):
+            raise ValueError(f"a trace document of version {version!r}, newer than this spooler")
+        scale = 1.0 if version is None else 1e-6  # float seconds, or integer microseconds
         for invocation_id, function, begun, done, read_only in doc["f"]:
             started = begun * scale
             ended = None if done is None else done * scale
@@ -294,6 +297,9 @@ class _Batch:
             )  # fmt: skip
         count = len(self.functions.rows) - first + 1
         statements = [self._plan(statement) for statement in doc["s"]]
+        if version == 2:
+            self._add_statement_events(doc["e"], first, count, statements)
+            return
         add_statement = self.statement_events.add
         for seq, (number, at, statement, group, values) in enumerate(doc["e"]):
             if not (0 <= number < count and statement >= 0):
@@ -304,6 +310,47 @@ class _Batch:
                 add_statement(ts, first + number, index, (), seq)
             else:
                 events[group].add(ts, first + number, index, values, seq)
+
+    def _add_statement_events(
+        self,
+        events: Sequence[Sequence[Any]],
+        first: int,
+        count: int,
+        statements: Sequence[tuple[int, list[_Events]]],
+    ) -> None:
+        """Add a ``"u": 2`` document's events: one per statement run, holding the captured
+        columns of each row it returned (see :class:`apiary._capture.UnitTrace`)."""
+        add_statement = self.statement_events.add
+        seq = 0
+        for number, event in enumerate(events):
+            function, at, statement, *captured = event
+            if not (0 <= function < count and statement >= 0) or len(captured) > 1:
+                raise IndexError(f"event {number} names no function or statement of its unit")
+            index, targets = statements[statement]
+            ts, function = at * 1e-6, first + function
+            if not captured or not captured[0]:  # no rows named (or none found)
+                add_statement(ts, function, index, (), seq)
+                seq += 1
+                continue
+            if len(targets) == 1 and len(targets[0].columns) == 1:  # one key column
+                add = targets[0].add
+                for value in captured[0]:
+                    if value is not None:
+                        add(ts, function, index, (value,), seq)
+                        seq += 1
+                continue
+            slices, start = [], 0
+            for target in targets:
+                slices.append((target, start, start + len(target.columns)))
+                start += len(target.columns)
+            for row in captured[0]:
+                if type(row) is not list or len(row) != start:
+                    raise ValueError(f"event {number}: a row of {start} columns expected")
+                for target, begin, end in slices:
+                    values = row[begin:end]
+                    if values.count(None) < len(values):  # an outer join's missing side
+                        target.add(ts, function, index, values, seq)
+                        seq += 1
 
     def _plan(self, statement: Sequence[Any]) -> tuple[int, list[_Events]]:
         # Keyed by text, checked whole: a statement's capture plan may differ between
