@@ -201,6 +201,44 @@ class _Events:
             unconverted = _codec.dumps(kept)
         self.rows.append((ts, function, statement, *converted, seq, unconverted))
 
+    def add_values(
+        self, ts: Any, function: int, statement: int, values: Sequence[Any], seq: int
+    ) -> int:
+        """:meth:`add` for a table captured by one column: a row per value that is not
+        ``None`` (an outer join's missing side); returns the next ``seq``."""
+        convert, append = self.converters[0], self.rows.append
+        for value in values:
+            if value is None:
+                continue
+            try:
+                append((ts, function, statement, convert(value), seq, None))
+            except _Unfit:
+                self.add(ts, function, statement, (value,), seq)
+            seq += 1
+        return seq
+
+    def add_rows(
+        self, ts: Any, function: int, statement: int, rows: Sequence[Sequence[Any]], seq: int
+    ) -> int:
+        """:meth:`add` for each of ``rows`` (each holding all of this table's captured
+        columns) that is not all ``None``; returns the next ``seq``."""
+        converters, append, width = self.converters, self.rows.append, len(self.converters)
+        for row in rows:
+            if type(row) is not list or len(row) != width:
+                raise ValueError(f"a row of {width} columns expected, not {row!r}")
+            if row.count(None) == width:  # an outer join's missing side
+                continue
+            try:
+                converted = [
+                    None if value is None else convert(value)
+                    for convert, value in zip(converters, row)  # noqa: B905 (checked above)
+                ]
+                append((ts, function, statement, *converted, seq, None))
+            except _Unfit:
+                self.add(ts, function, statement, row, seq)
+            seq += 1
+        return seq
+
     def insert(self, con: duckdb.DuckDBPyConnection, functions: str, statements: str) -> None:
         """Insert the rows, their function's and statement's columns joined from the
         batch's ``functions`` and ``statements`` relations (see :meth:`_Batch.insert`)."""
@@ -332,12 +370,12 @@ class _Batch:
                 add_statement(ts, function, index, (), seq)
                 seq += 1
                 continue
-            if len(targets) == 1 and len(targets[0].columns) == 1:  # one key column
-                add = targets[0].add
-                for value in captured[0]:
-                    if value is not None:
-                        add(ts, function, index, (value,), seq)
-                        seq += 1
+            if len(targets) == 1:
+                target = targets[0]
+                if len(target.columns) == 1:  # one key column: the values themselves
+                    seq = target.add_values(ts, function, index, captured[0], seq)
+                else:
+                    seq = target.add_rows(ts, function, index, captured[0], seq)
                 continue
             slices, start = [], 0
             for target in targets:
