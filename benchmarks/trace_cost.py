@@ -19,15 +19,26 @@ process (the client: requests, answers, staging the read-only units' traces), CP
 server's processes (the backends, where capture runs, and the WAL writer and
 checkpointer). No spooler runs during the rounds; afterwards the traces staged by the
 ``on`` rounds are spooled into a new DuckDB file, and its CPU per operation is the last
-line. Run::
+line.
+
+``--backend`` (with ``--url``) then times the search unit's stored procedure inside one
+backend, called from a PL/Python block with the requests the ``on`` rounds sent, in five
+configurations that leave out one part of capture at a time (the block patches the
+runtime loaded in that backend only, in a transaction it rolls back): ``off`` (tracing
+off in the request), ``on``, ``on, no encoding`` (a unit's document is a constant),
+``on, no events, no encoding`` (the variant statements run and their extra columns are
+cut off, nothing is recorded), ``on, no plans, no encoding`` (no statement is captured:
+only what tracing costs per unit). Run::
 
     .venv/bin/python -m benchmarks.trace_cost [--ops 3000] [--rounds 3]
     .venv/bin/python -m benchmarks.trace_cost --url postgresql://apiary:apiary@127.0.0.1:55434/apiary_test
+    .venv/bin/python -m benchmarks.trace_cost --backend --url postgresql://...
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sqlite3
@@ -96,6 +107,94 @@ def _server_ticks(postmaster: int) -> int:
     return ticks
 
 
+#: The PL/Python block of ``--backend``: ``%(calls)s`` is the JSON list of ``[sql,
+#: [version, request]]`` calls; notices carry the result, one configuration a line.
+_BACKEND_BLOCK = r"""
+import json, statistics, sys, time
+calls = json.loads(%(calls)r)
+plan = plpy.prepare(calls[0][0].replace("%%s", "$1", 1).replace("%%s", "$2", 1), ["text", "text"])
+plpy.execute(plan, calls[0][1])  # loads the runtime into this backend
+runtime = [v for k, v in GD.items() if k.startswith("apiary:")][0]
+unit_trace = sys.modules["apiary._capture"].UnitTrace
+rows, staged_row, plans = unit_trace.rows, unit_trace.staged_row, runtime.plans
+def cut_only(self, number, text, plan, found):
+    cut = len(found[0]) - plan.extra if found else 0
+    return [row[:cut] for row in found]
+def constant(self, workflow_id, invocation_id):
+    return (workflow_id, invocation_id, "{}", 0.0)
+configs = {
+    "off": (0, rows, staged_row, plans),
+    "on": (1, rows, staged_row, plans),
+    "on, no encoding": (1, rows, constant, plans),
+    "on, no events, no encoding": (1, cut_only, constant, plans),
+    "on, no plans, no encoding": (1, rows, constant, {}),
+}
+made = [0]
+def requests(trace):
+    out = []
+    for version, request in (call[1] for call in calls):
+        data = json.loads(request)
+        made[0] += 1
+        data["t"], data["w"] = trace, "backend-%%d" %% made[0]
+        out.append([version, json.dumps(data)])
+    return out
+times = {name: [] for name in configs}
+for number in range(%(rounds)d + 1):
+    for name, (trace, unit_rows, unit_staged, unit_plans) in configs.items():
+        unit_trace.rows, unit_trace.staged_row, runtime.plans = unit_rows, unit_staged, unit_plans
+        batch = requests(trace)
+        began = time.perf_counter()
+        for arguments in batch:
+            plpy.execute(plan, arguments)
+        if number:  # the first round warms up
+            times[name].append((time.perf_counter() - began) / len(batch) * 1e6)
+unit_trace.rows, unit_trace.staged_row, runtime.plans = rows, staged_row, plans
+for name, values in times.items():
+    rounds = ", ".join("%%.0f" %% v for v in values)
+    plpy.notice("%%s|%%.1f|%%s" %% (name, statistics.median(values), rounds))
+"""
+
+
+def _backend(url: str, calls: list[Any], rounds: int) -> None:
+    """``--backend``: the search unit's stub timed inside one backend (see the docstring)."""
+    import psycopg
+
+    lines: list[str] = []
+    block = _BACKEND_BLOCK % {"calls": json.dumps(calls), "rounds": rounds}
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.add_notice_handler(lambda notice: lines.append(notice.message_primary or ""))
+        with conn.transaction():
+            conn.execute(f"DO $apiary_block${block}$apiary_block$ LANGUAGE plpython3u")
+            raise psycopg.Rollback()
+    print(f"\nThe search unit's stored procedure, {len(calls)} calls a round, in one backend:\n")
+    print("| configuration | µs per call (median) | rounds |")
+    print("|---|---:|---|")
+    for line in lines:
+        name, median, values = line.split("|")
+        print(f"| {name} | {median} | {values} |")
+
+
+def _search_calls(runtime: apiary.Runtime, count: int) -> list[Any]:
+    """Run ``count`` searches; return the stored procedure calls they made,
+    ``[sql, [version, request]]`` each (the engine's calls, seen on their way)."""
+    engine: Any = runtime._engine
+    calls: list[Any] = []
+    call = engine._call
+
+    def seen(sql: str, params: tuple[Any, ...], **options: Any) -> Any:
+        calls.append([sql, list(params)])
+        return call(sql, params, **options)
+
+    engine._call = seen
+    try:
+        for workflow, arguments in _operations("backend", 7, count * 2):
+            if workflow == "search" and len(calls) < count:
+                runtime.run(workflow, **arguments)
+    finally:
+        del engine._call
+    return [c for c in calls if c[0] == calls[-1][0]]  # the search unit's, not bookkeeping
+
+
 def _postgres(args: argparse.Namespace) -> None:
     """The PostgreSQL mode (see the module docstring)."""
     import psycopg
@@ -139,9 +238,13 @@ def _postgres(args: argparse.Namespace) -> None:
                 figures[name]["server"].append(server * tick / args.ops)
                 traced += args.ops if name == "on" else 0
         store = os.path.join(tempfile.mkdtemp(prefix="apiary-trace-cost-"), "trace.duckdb")
-        spooling = time.process_time()
+        import duckdb  # noqa: F401 (imported before the clock starts, as a spooler has)
+        import numpy  # noqa: F401
+
+        server, spooling = _server_ticks(postmaster), time.process_time()
         runtimes["on"].spool(store)
         spooling = time.process_time() - spooling
+        server = _server_ticks(postmaster) - server
     finally:
         for runtime in runtimes.values():
             runtime.close()
@@ -152,7 +255,22 @@ def _postgres(args: argparse.Namespace) -> None:
         cells = " | ".join(f"{statistics.median(columns[c]):.0f}" for c in columns)
         print(f"| {name} | {cells} |")
     per_operation = spooling / traced * 1e6
-    print(f"\nspooling the on rounds' traces: {per_operation:.0f} µs of CPU per operation")
+    on_server = server * tick / traced
+    print(
+        f"\nspooling the on rounds' traces: {per_operation:.0f} µs of CPU per operation "
+        f"in this process, {on_server:.0f} µs on the server"
+    )
+    if args.backend:
+        database.create()
+        try:
+            runtime = apiary.Runtime(hotel.app, url, trace=True, trace_store=None)
+            with runtime:
+                runtime.install()
+                database.load(WORKLOADS["hotel"], hotel.SCALES["default"])
+                calls = _search_calls(runtime, min(args.ops, 1000))
+            _backend(database.url, calls, args.rounds)
+        finally:
+            database.drop()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,6 +279,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ops", type=int, default=3000, help="operations per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--url", help="a PostgreSQL superuser's URL: measure placement=db")
+    parser.add_argument(
+        "--backend", action="store_true", help="with --url: also time capture inside a backend"
+    )
     args = parser.parse_args(argv)
     if args.url:
         _postgres(args)
