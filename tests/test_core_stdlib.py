@@ -1,10 +1,10 @@
 """The execution core imports only the standard library and itself.
 
 The PostgreSQL engine ships the core (``apiary._indb.CORE_MODULES``: ``_errors``,
-``_codec``, ``_database``, ``_bookkeeping``, ``_execution``) into PL/Python, where only
-the server's own Python exists: no sqlglot, no rest of the package. These tests check the
-imports statically, then load those files by themselves in an interpreter without
-site-packages and run a unit against stdlib ``sqlite3``.
+``_codec``, ``_database``, ``_capture``, ``_bookkeeping``, ``_units``, ``_execution``) into
+PL/Python, where only the server's own Python exists: no sqlglot, no rest of the package.
+These tests check the imports statically, then load those files by themselves in an
+interpreter without site-packages and run a unit against stdlib ``sqlite3``.
 """
 
 from __future__ import annotations
@@ -132,6 +132,7 @@ for name in CORE:
     setattr(package, name, module)
 
 ex = sys.modules["apiary._execution"]
+units = sys.modules["apiary._units"]
 errors = sys.modules["apiary._errors"]
 report["loaded"] = sorted(m for m in sys.modules if m.startswith("apiary"))
 
@@ -223,11 +224,11 @@ def start(params):
 
 
 # A whole workflow in one unit (a group of two members), shipped through JSON first.
-group = ex.UnitSpec(
+group = units.UnitSpec(
     "add+double",
     [
-        ex.Member("add", "add", ADD_ARGS, STATEMENTS),
-        ex.Member("double", "double", {"value": ["n", "add"]}, frozenset()),
+        units.Member("add", "add", ADD_ARGS, STATEMENTS),
+        units.Member("double", "double", {"value": ["n", "add"]}, frozenset()),
     ],
     read_only=False,
     recorded=True,
@@ -235,32 +236,32 @@ group = ex.UnitSpec(
     finishes=True,
     output=["d", {"total": ["n", "add"], "doubled": ["n", "double"]}],
 )
-group = ex.UnitSpec.from_json(json.loads(json.dumps(group.to_json())))
+group = units.UnitSpec.from_json(json.loads(json.dumps(group.to_json())))
 params = {"key": "a", "amount": 5}
-first = in_transaction(group, ex.UnitRequest("wf-1", params, start=start(params)))
+first = in_transaction(group, units.UnitRequest("wf-1", params, start=start(params)))
 report["first_outputs"] = first.outputs
 report["first_status"] = first.finished.status
-again = in_transaction(group, ex.UnitRequest("wf-1", params, start=start(params)))
+again = in_transaction(group, units.UnitRequest("wf-1", params, start=start(params)))
 report["again_outputs"] = again.outputs
 report["again_result"] = again.finished.result()
 report["calls_after_retry"] = list(calls)
 
 other = {"key": "a", "amount": 6}
 try:
-    in_transaction(group, ex.UnitRequest("wf-1", other, start=start(other)))
+    in_transaction(group, units.UnitRequest("wf-1", other, start=start(other)))
     report["conflict"] = None
 except errors.WorkflowConflictError as exc:
     report["conflict"] = type(exc).__name__
 
 # A recorded unit in the middle of a workflow: the second run returns the recorded output.
-single = ex.UnitSpec("add", [ex.Member("add", "add", ADD_ARGS, STATEMENTS)],
+single = units.UnitSpec("add", [units.Member("add", "add", ADD_ARGS, STATEMENTS)],
                      read_only=False, recorded=True)
 params = {"key": "b", "amount": 2}
 conn.execute("BEGIN IMMEDIATE")
 ex.begin_workflow(db, "wf-2", start(params))
 conn.execute("COMMIT")
-report["middle_first"] = in_transaction(single, ex.UnitRequest("wf-2", params)).outputs
-report["middle_again"] = in_transaction(single, ex.UnitRequest("wf-2", params)).outputs
+report["middle_first"] = in_transaction(single, units.UnitRequest("wf-2", params)).outputs
+report["middle_again"] = in_transaction(single, units.UnitRequest("wf-2", params)).outputs
 report["recorded_rows"] = conn.execute(
     "SELECT invocation_id FROM apiary_outputs ORDER BY invocation_id").fetchall()
 conn.execute("BEGIN IMMEDIATE")
@@ -270,14 +271,16 @@ report["recorded_rows_after_end"] = conn.execute(
     "SELECT count(*) FROM apiary_outputs").fetchone()[0]
 
 # A direct call: no workflow, nothing recorded.
-direct = in_transaction(single, ex.UnitRequest(None, {"key": "c", "amount": 1}, call_id="c-1/add"))
+direct = in_transaction(
+    single, units.UnitRequest(None, {"key": "c", "amount": 1}, call_id="c-1/add")
+)
 report["direct"] = direct.outputs
 
 # Application errors roll back and come back as FunctionError.
-failing = ex.UnitSpec("fail", [ex.Member("fail", "fail", {"key": ["p", "key"]}, STATEMENTS)],
+failing = units.UnitSpec("fail", [units.Member("fail", "fail", {"key": ["p", "key"]}, STATEMENTS)],
                       read_only=False)
 try:
-    in_transaction(failing, ex.UnitRequest("wf-3", {"key": "d"}))
+    in_transaction(failing, units.UnitRequest("wf-3", {"key": "d"}))
     report["failure"] = None
 except errors.FunctionError as exc:
     report["failure"] = exc.to_json()
@@ -285,14 +288,14 @@ report["failed_write_visible"] = conn.execute(
     "SELECT count(*) FROM counters WHERE k = 'd'").fetchone()[0]
 
 # Raw SQL strings and undeclared statements are refused by the context.
-rawing = ex.UnitSpec("raw", [ex.Member("raw", "raw", {"key": ["p", "key"]}, STATEMENTS)],
+rawing = units.UnitSpec("raw", [units.Member("raw", "raw", {"key": ["p", "key"]}, STATEMENTS)],
                      read_only=True)
-undeclared = ex.UnitSpec("add", [ex.Member("add", "add", ADD_ARGS, frozenset({GET.text}))],
+undeclared = units.UnitSpec("add", [units.Member("add", "add", ADD_ARGS, frozenset({GET.text}))],
                          read_only=False)
 for label, unit, args in (("raw", rawing, {"key": "a"}),
                           ("undeclared", undeclared, {"key": "e", "amount": 1})):
     try:
-        in_transaction(unit, ex.UnitRequest(None, args, call_id=label))
+        in_transaction(unit, units.UnitRequest(None, args, call_id=label))
         report[label] = None
     except errors.FunctionError as exc:
         report[label] = exc.type_name

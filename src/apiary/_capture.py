@@ -171,7 +171,7 @@ class UnitTrace:
             return []
         if type(rows[0]) is tuple:
             if len(rows) == 1:
-                return [rows[0][:cut]]  # type: ignore[list-item]
+                return [rows[0][:cut]]
             return [row[:cut] for row in rows]  # type: ignore[misc]
         return [tuple(row[:cut]) for row in rows]
 

@@ -1,11 +1,11 @@
 """The in-database runtime: what runs inside PostgreSQL, in PL/Python.
 
 The PostgreSQL engine stores the execution core's source (``_errors``, ``_codec``,
-``_database``, ``_bookkeeping``, ``_execution``), this module's, the app's modules and
-the compiled statements in table ``apiary.code``. The first call of any unit stub in a
-backend loads them (``boot``) and caches the result in PL/Python's ``GD``; every later
-call runs the unit at once. A new app version is loaded on the next call that names it,
-without restarting the server.
+``_database``, ``_capture``, ``_bookkeeping``, ``_units``, ``_execution``), this
+module's, the app's modules and the compiled statements in table ``apiary.code``. The
+first call of any unit stub in a backend loads them (``boot``) and caches the result in
+PL/Python's ``GD``; every later call runs the unit at once. A new app version is loaded
+on the next call that names it, without restarting the server.
 
 Only the standard library is used: this is the server's own Python (run as the
 ``postgres`` user), which has none of the application's packages. The app's modules see
@@ -31,6 +31,7 @@ CORE_MODULES = (
     "apiary._database",
     "apiary._capture",
     "apiary._bookkeeping",
+    "apiary._units",
     "apiary._execution",
 )
 
@@ -253,7 +254,7 @@ class InDatabaseRuntime:
         package = types.ModuleType("apiary")
         package.__path__ = []
         sys.modules["apiary"] = package
-        errors, codec, _, capture, bookkeeping, execution = (
+        errors, codec, _, capture, bookkeeping, units, execution = (
             importlib.import_module(name) for name in CORE_MODULES
         )
         shim = make_shim(errors, execution, package)
@@ -266,6 +267,7 @@ class InDatabaseRuntime:
         self.errors = errors
         self.codec = codec
         self.execution = execution
+        self.units = units
         self.bookkeeping = bookkeeping
         self.functions = app_object.functions
         statements = json.loads(sources["statements"])
@@ -298,10 +300,10 @@ class InDatabaseRuntime:
         execution = self.execution
         unit = cache.get("unit")
         if unit is None or cache.get("version") != self.version:
-            unit = cache["unit"] = execution.UnitSpec.from_json(json.loads(unit_json))
+            unit = cache["unit"] = self.units.UnitSpec.from_json(json.loads(unit_json))
             cache["version"] = self.version
         data = self.codec.loads(request_text)
-        request = execution.UnitRequest(
+        request = self.units.UnitRequest(
             data.get("w"),
             data.get("p") or {},
             data.get("i"),

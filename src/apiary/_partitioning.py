@@ -23,8 +23,8 @@ from typing import Any
 
 from apiary._app import App
 from apiary._errors import InvalidArgumentsError, RegistrationError
-from apiary._execution import UnitSpec, template_nodes
 from apiary._sql import info_of
+from apiary._units import UnitSpec, template_nodes
 
 #: The SQL twin of :func:`partition_hash` (installed on the proxy and every partition).
 HASH_SQL = (

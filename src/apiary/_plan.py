@@ -17,8 +17,8 @@ from typing import Any, Literal
 from apiary import _sfr
 from apiary._app import App, FunctionDef, WorkflowDef
 from apiary._errors import RegistrationError
-from apiary._execution import Member, UnitSpec, template_nodes
 from apiary._graph import Node
+from apiary._units import Member, UnitSpec, template_nodes
 
 RecordMode = Literal["sfr", "all", "none"]
 RECORD_MODES: tuple[RecordMode, ...] = ("sfr", "all", "none")

@@ -32,10 +32,10 @@ from apiary._errors import (
     NotFoundError,
     RegistrationError,
 )
-from apiary._execution import UnitRequest, UnitSpec
 from apiary._partitioning import assign_routes, check_tables
 from apiary._plan import RECORD_MODES, RecordMode, WorkflowPlan, call_unit, compile_plan
 from apiary._scheduler import WorkflowRun
+from apiary._units import UnitRequest, UnitSpec
 
 _PING = Statement("SELECT 1", system=True)
 

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 from apiary import _bookkeeping, _codec
 from apiary._bookkeeping import WorkflowRecord
 from apiary._errors import FunctionError
-from apiary._execution import StepContext, UnitOutcome, UnitRequest, resolve
+from apiary._execution import StepContext
 from apiary._plan import Task, WorkflowPlan
+from apiary._units import UnitOutcome, UnitRequest, resolve
 
 if TYPE_CHECKING:
     from apiary._engines._base import Engine

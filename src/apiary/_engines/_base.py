@@ -22,7 +22,8 @@ from apiary._app import AppInfo
 from apiary._bookkeeping import StatusRowExists
 from apiary._capture import CapturePlan, stage_rows
 from apiary._database import Database, Statement
-from apiary._execution import UnitOutcome, UnitRequest, UnitSpec, run_unit
+from apiary._execution import run_unit
+from apiary._units import UnitOutcome, UnitRequest, UnitSpec
 
 T = TypeVar("T")
 

@@ -48,8 +48,8 @@ from apiary._errors import (
     DatabaseUnavailableError,
     FunctionError,
 )
-from apiary._execution import UnitOutcome, UnitRequest, UnitSpec, resolve
 from apiary._partitioning import combine, key_text, partition_hash
+from apiary._units import UnitOutcome, UnitRequest, UnitSpec, resolve
 
 __all__ = [
     "OUTPUT_RETENTION",

@@ -13,8 +13,8 @@ from apiary._app import AppInfo
 from apiary._engines.cluster_config import identity, libpq_params
 from apiary._engines.pgwire import SYSTEM_SCHEMA, stub_name
 from apiary._errors import NotInstalledError
-from apiary._execution import UnitSpec
 from apiary._partitioning import HASH_SQL
+from apiary._units import UnitSpec
 
 #: The PL/Proxy cluster (an SQL/MED server in the proxy database).
 PROXY_CLUSTER = "apiary_cluster"

@@ -26,7 +26,6 @@ from apiary._errors import (
     NotInstalledError,
     WorkflowConflictError,
 )
-from apiary._execution import UnitOutcome, UnitSpec
 from apiary._indb import (
     FUNCTION_ERROR_STATE,
     NOT_INSTALLED_STATE,
@@ -36,6 +35,7 @@ from apiary._indb import (
     WORKFLOW_CONFLICT_STATE,
 )
 from apiary._sql import info_of, placeholder_forms
+from apiary._units import UnitOutcome, UnitSpec
 
 SYSTEM_SCHEMA = "apiary"
 # PL/Python hands every type it has no Python mapping for to the function as its text

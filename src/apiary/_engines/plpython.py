@@ -33,15 +33,15 @@ import psycopg
 import sqlglot
 import sqlglot.errors
 
-from apiary import _bookkeeping, _capture, _codec, _database, _errors, _execution, _indb
+from apiary import _bookkeeping, _capture, _codec, _database, _errors, _execution, _indb, _units
 from apiary._app import AppInfo
 from apiary._bookkeeping import SYSTEM_STATEMENTS
 from apiary._capture import STAGE_TRACE, CapturePlan
 from apiary._database import Statement
 from apiary._engines._base import DeclaredStatement
 from apiary._errors import NotInstalledError, RegistrationError
-from apiary._execution import UnitSpec
 from apiary._sql import info_of, placeholder_forms
+from apiary._units import UnitSpec
 
 SYSTEM_DDL = """
 CREATE SCHEMA IF NOT EXISTS apiary;
@@ -119,7 +119,7 @@ CREATE TABLE IF NOT EXISTS apiary.code (
 );
 """
 
-_CORE = (_errors, _codec, _database, _capture, _bookkeeping, _execution)
+_CORE = (_errors, _codec, _database, _capture, _bookkeeping, _units, _execution)
 
 
 def _plpython_missing(conn: psycopg.Connection[Any]) -> bool:

@@ -65,7 +65,7 @@ from apiary._errors import (
     DatabaseUnavailableError,
     TransactionConflictError,
 )
-from apiary._execution import UnitOutcome, UnitRequest, UnitSpec
+from apiary._units import UnitOutcome, UnitRequest, UnitSpec
 
 T = TypeVar("T")
 

@@ -49,7 +49,7 @@ from apiary._errors import (
     RegistrationError,
     TransactionConflictError,
 )
-from apiary._execution import UnitSpec
+from apiary._units import UnitSpec
 
 T = TypeVar("T")
 
