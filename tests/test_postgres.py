@@ -35,6 +35,7 @@ import pytest
 
 import apiary
 from apiary import _codec
+from apiary._engines.pgpool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from apiary._engines.pgwire import stub_name, system_stub_name
 from tests.apps import assert_same, pg_ambiguous, pg_engine, pg_pitfalls, pg_thirdparty, pg_values
 from tests.conftest import PREFIX, TEMPLATE
@@ -649,6 +650,85 @@ def test_run_async_on_many_loops_keeps_within_the_pool(
         rt.close()
     assert backends_named(pg_database, name) == 0
     gc.collect()
+
+
+def test_the_thread_pool_serves_waiting_callers_in_their_order(pg_database: str) -> None:
+    # ConnectionPool's twin of the test below, with threads.
+    pool = ConnectionPool(
+        pg_database, min_size=0, max_size=1, timeout=5, configure=lambda conn: None
+    )
+    got: dict[str, Any] = {}
+
+    def take(name: str) -> threading.Thread:
+        thread = threading.Thread(target=lambda: got.__setitem__(name, pool.take()))
+        thread.start()
+        return thread
+
+    def waiting(count: int) -> None:
+        deadline = time.monotonic() + 5
+        while len(pool._waiters) != count:
+            assert time.monotonic() < deadline, "the caller never waited"
+            time.sleep(0.005)
+
+    try:
+        held = pool.take()
+        first = take("first")
+        waiting(1)
+        pool.give(held)  # handed to the first waiter, not left for whoever asks next
+        later = take("later")
+        first.join(5)
+        waiting(1)
+        assert got == {"first": held}
+        pool.give(got["first"])
+        later.join(5)
+        assert got["later"] is held
+        pool.give(held)
+        again = pool.take()
+        pool.timeout = 0.2
+        with pytest.raises(PoolTimeout):  # a waiter that times out leaves the queue
+            pool.take()
+        assert not pool._waiters
+        pool.give(again)
+        assert pool.take() is again
+        pool.give(again)
+    finally:
+        pool.close()
+
+
+def test_an_event_loops_pool_serves_waiting_callers_in_their_order(pg_database: str) -> None:
+    # A connection handed back goes to the caller that has waited longest, not to one
+    # that asks after it was handed back. (Woken to compete instead, a waiter under
+    # sustained load kept losing to newer callers and gave up after pool_timeout.)
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        return None
+
+    async def main() -> None:
+        pool = AsyncConnectionPool(pg_database, max_size=1, timeout=5, configure=configure)
+        try:
+            held = await pool.take()
+            first = asyncio.create_task(pool.take())
+            await asyncio.sleep(0.01)  # first waits
+            await pool.give(held)
+            later = asyncio.create_task(pool.take())
+            await asyncio.sleep(0.01)
+            assert first.done()
+            assert not later.done()
+            assert await first is held
+            await pool.give(held)
+            assert await later is held
+            # A waiter that gives up leaves no trace: the next caller is served at once.
+            waiting = asyncio.create_task(pool.take())
+            await asyncio.sleep(0.01)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await pool.give(held)
+            assert await asyncio.wait_for(pool.take(), 1) is held
+            await pool.give(held)
+        finally:
+            await pool.close()
+
+    asyncio.run(main())
 
 
 # -- warm-up -------------------------------------------------------------------------------

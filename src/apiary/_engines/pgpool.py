@@ -9,7 +9,8 @@ just used, and connections beyond the current concurrency stay idle at the botto
 
 Connections open on demand (``min_size`` of them are opened and warmed in the background
 when the pool starts); a caller waits up to ``timeout`` seconds for one when ``max_size``
-are in use. A connection that broke, or was returned inside a transaction, is closed
+are in use, and waiting callers are served first come, first served: a connection handed
+back goes straight to the longest waiter. A connection that broke, or was returned inside a transaction, is closed
 rather than reused; after a lost connection the idle ones are dropped too, since a server
 restart breaks them all.
 """
@@ -27,6 +28,10 @@ from typing import Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
+#: What :class:`AsyncConnectionPool` grants a waiter instead of a connection: room to
+#: open one, or the news that the pool closed.
+_OPEN, _CLOSED = object(), object()
+
 
 class PoolTimeout(Exception):
     """No connection became available in time (all in use, or the server unreachable)."""
@@ -42,8 +47,22 @@ def _verdict(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> st
     return "keep"
 
 
+class _Waiter:
+    """A thread waiting for a connection, and what it was granted."""
+
+    __slots__ = ("event", "granted")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.granted: Any = None
+
+
 class ConnectionPool:
-    """Last-in, first-out pool of autocommit connections; thread-safe."""
+    """Last-in, first-out pool of autocommit connections; thread-safe.
+
+    Callers that have to wait are served in their order: a returned connection goes to
+    the longest waiter, never to a caller that came later.
+    """
 
     def __init__(
         self,
@@ -64,7 +83,7 @@ class ConnectionPool:
         self._idle: list[psycopg.Connection[Any]] = []
         self._size = 0  # open connections, idle or in use
         self._lock = threading.Lock()
-        self._returned = threading.Condition(self._lock)
+        self._waiters: collections.deque[_Waiter] = collections.deque()
         self._closed = False
         if min_size:
             threading.Thread(target=self._prefill, name="apiary-pool-fill", daemon=True).start()
@@ -94,40 +113,70 @@ class ConnectionPool:
             except psycopg.Error:
                 with self._lock:
                     self._size -= 1
+                    self._free_slots()
                 return  # the first caller will report why
             self._put(conn)
 
-    def _take(self) -> psycopg.Connection[Any]:
-        deadline = time.monotonic() + self.timeout
-        with self._lock:
-            while True:
-                if self._closed:
-                    raise RuntimeError("this runtime is closed")
-                if self._idle:
-                    return self._idle.pop()
-                if self._size < self.max_size:
-                    self._size += 1
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise PoolTimeout(
-                        f"all {self.max_size} connections stayed in use for {self.timeout} s "
-                        "(raise pool_max or pool_timeout in the URL)"
-                    )
-                self._returned.wait(remaining)
+    def _grant(self, grant: Any) -> bool:
+        """Hand ``grant`` (a connection, :data:`_OPEN` or :data:`_CLOSED`) to the longest
+        waiter; false if nobody waits. Call with the lock held."""
+        if not self._waiters:
+            return False
+        waiter = self._waiters.popleft()
+        waiter.granted = grant
+        waiter.event.set()
+        return True
+
+    def _free_slots(self) -> None:
+        """Let waiters open the connections that closed ones left room for (lock held)."""
+        while self._size < self.max_size and self._waiters:
+            self._size += 1
+            self._grant(_OPEN)
+
+    def _open_counted(self) -> psycopg.Connection[Any]:
+        """Open a connection whose slot ``_size`` already counts."""
         try:
             return self._open()
         except BaseException:
             with self._lock:
                 self._size -= 1
-                self._returned.notify()
+                self._free_slots()
             raise
+
+    def _take(self) -> psycopg.Connection[Any]:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this runtime is closed")
+            waiter = None
+            if not self._waiters and self._idle:
+                return self._idle.pop()
+            if not self._waiters and self._size < self.max_size:
+                self._size += 1
+            else:
+                waiter = _Waiter()
+                self._waiters.append(waiter)
+        if waiter is None:
+            return self._open_counted()
+        waiter.event.wait(self.timeout)
+        with self._lock:
+            granted = waiter.granted
+            if granted is None:  # still waiting: leave the queue
+                self._waiters.remove(waiter)
+                raise PoolTimeout(
+                    f"all {self.max_size} connections stayed in use for {self.timeout} s "
+                    "(raise pool_max or pool_timeout in the URL)"
+                )
+        if granted is _OPEN:
+            return self._open_counted()
+        if granted is _CLOSED:
+            raise RuntimeError("this runtime is closed")
+        return granted  # type: ignore[no-any-return]
 
     def _put(self, conn: psycopg.Connection[Any]) -> None:
         with self._lock:
             if not self._closed:
-                self._idle.append(conn)
-                self._returned.notify()
+                if not self._grant(conn):
+                    self._idle.append(conn)
                 return
             self._size -= 1
         conn.close()
@@ -139,7 +188,8 @@ class ConnectionPool:
             if lost:
                 self._size -= len(dropped)
                 self._idle = []
-            self._returned.notify_all()
+            if not self._closed:
+                self._free_slots()
         for other in [conn, *dropped]:
             with contextlib.suppress(Exception):
                 other.close()
@@ -172,7 +222,8 @@ class ConnectionPool:
             self._closed = True
             idle, self._idle = self._idle, []
             self._size -= len(idle)
-            self._returned.notify_all()
+            while self._grant(_CLOSED):
+                pass
         for conn in idle:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -214,7 +265,7 @@ class AsyncConnectionPool:
         self.connect_timeout = connect_timeout
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._size = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._closed = False
 
     async def _open(self) -> psycopg.AsyncConnection[Any]:
@@ -231,55 +282,98 @@ class AsyncConnectionPool:
             raise
         return conn
 
-    def _wake(self) -> None:
+    def _grant(self, grant: Any) -> bool:
+        """Hand ``grant`` (a connection, or :data:`_OPEN`) to the longest waiter; false
+        if nobody waits."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
-                return
+                waiter.set_result(grant)
+                return True
+        return False
 
-    async def take(self) -> psycopg.AsyncConnection[Any]:
-        """Borrow a connection; hand it back with :meth:`give`, whatever happens."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        while True:
-            if self._closed:
-                raise RuntimeError("this runtime is closed")
-            if self._idle:
-                return self._idle.pop()
-            if self._size < self.max_size:
-                break
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise PoolTimeout(
-                    f"all {self.max_size} connections stayed in use for {self.timeout} s "
-                    "(raise pool_max or pool_timeout in the URL)"
-                )
-            waiter = loop.create_future()
-            self._waiters.append(waiter)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter, remaining)
-        self._size += 1
+    def _free_slots(self) -> None:
+        """Let waiters open the connections that closed ones left room for."""
+        while self._size < self.max_size and self._waiters:
+            self._size += 1
+            if not self._grant(_OPEN):
+                self._size -= 1
+
+    async def _open_counted(self) -> psycopg.AsyncConnection[Any]:
+        """Open a connection whose slot ``_size`` already counts."""
         try:
             return await self._open()
         except BaseException:
             self._size -= 1
-            self._wake()
+            self._free_slots()
             raise
+
+    async def take(self) -> psycopg.AsyncConnection[Any]:
+        """Borrow a connection; hand it back with :meth:`give`, whatever happens.
+
+        Callers that have to wait are served in their order: a returned connection goes
+        to the longest waiter, never to a caller that came later. (Woken to compete for
+        it instead, a waiter under sustained load kept losing it to newcomers and retries,
+        and gave up after ``timeout``.)
+        """
+        if self._closed:
+            raise RuntimeError("this runtime is closed")
+        if not self._waiters:
+            if self._idle:
+                return self._idle.pop()
+            if self._size < self.max_size:
+                self._size += 1
+                return await self._open_counted()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Any] = loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait([waiter], timeout=self.timeout)
+        except BaseException:  # cancelled: pass on what was granted meanwhile
+            if waiter.done() and not waiter.cancelled():
+                self._pass_on(waiter.result())
+            self._leave(waiter)
+            raise
+        if not waiter.done():
+            self._leave(waiter)
+            raise PoolTimeout(
+                f"all {self.max_size} connections stayed in use for {self.timeout} s "
+                "(raise pool_max or pool_timeout in the URL)"
+            )
+        granted = waiter.result()
+        if granted is _OPEN:
+            return await self._open_counted()
+        if granted is _CLOSED:
+            raise RuntimeError("this runtime is closed")
+        return granted  # type: ignore[no-any-return]
+
+    def _leave(self, waiter: asyncio.Future[Any]) -> None:
+        waiter.cancel()
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+
+    def _pass_on(self, granted: Any) -> None:
+        """Give what a waiter that left was granted to the next one."""
+        if granted is _OPEN:
+            self._size -= 1
+            self._free_slots()
+        elif granted is not _CLOSED and not self._grant(granted):
+            self._idle.append(granted)
 
     async def give(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Return a borrowed connection (see :meth:`ConnectionPool.give`)."""
         verdict = _verdict(conn)
         if verdict == "keep" and not self._closed:
-            self._idle.append(conn)
-            self._wake()
+            if not self._grant(conn):
+                self._idle.append(conn)
             return
         self._size -= 1
         dropped: list[psycopg.AsyncConnection[Any]] = []
         if verdict == "lost":
             dropped, self._idle = self._idle, []
             self._size -= len(dropped)
-        self._wake()
+        if not self._closed:
+            self._free_slots()
         for other in [conn, *dropped]:
             with contextlib.suppress(Exception):
                 await other.close()
@@ -289,9 +383,8 @@ class AsyncConnectionPool:
         self._closed = True
         idle, self._idle = self._idle, []
         self._size -= len(idle)
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        while self._grant(_CLOSED):
+            pass
         for conn in idle:
             with contextlib.suppress(Exception):
                 await conn.close()
