@@ -10,9 +10,9 @@ just used, and connections beyond the current concurrency stay idle at the botto
 Connections open on demand (``min_size`` of them are opened and warmed in the background
 when the pool starts); a caller waits up to ``timeout`` seconds for one when ``max_size``
 are in use, and waiting callers are served first come, first served: a connection handed
-back goes straight to the longest waiter. A connection that broke, or was returned inside a transaction, is closed
-rather than reused; after a lost connection the idle ones are dropped too, since a server
-restart breaks them all.
+back goes straight to the longest waiter. A connection that broke, or was returned
+inside a transaction, is closed rather than reused; after a lost connection the idle
+ones are dropped too, since a server restart breaks them all.
 """
 
 from __future__ import annotations
