@@ -128,7 +128,19 @@ def main(argv: list[str] | None = None) -> None:
             )
         rng = random.Random(1)
         fixed = args.order == "fixed"
-        work = [(*rng.sample(range(1, args.accounts + 1), 2), 1) for _ in range(args.transfers)]
+        work = [
+            {
+                "workflow_id": f"transfer-{index}",
+                "transfer_id": f"transfer-{index}",
+                "src": src,
+                "dst": dst,
+                "amount": 1,
+                "fixed": fixed,
+            }
+            for index, (src, dst) in enumerate(
+                rng.sample(range(1, args.accounts + 1), 2) for _ in range(args.transfers)
+            )
+        ]
         latencies: list[float] = []
         failures = collections.Counter[str]()
 
@@ -138,35 +150,19 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 failures[type(exc).__name__] += 1
 
-        async def one(index: int, src: int, dst: int, amount: int) -> None:
+        async def one(index: int, arguments: dict[str, Any]) -> None:
             began = time.perf_counter()
             try:
-                await runtimes[index % 2].run_async(
-                    "transfer",
-                    workflow_id=f"transfer-{index}",
-                    transfer_id=f"transfer-{index}",
-                    src=src,
-                    dst=dst,
-                    amount=amount,
-                    fixed=fixed,
-                )
+                await runtimes[index % 2].run_async("transfer", **arguments)
             except Exception as exc:  # counted by type
                 record(began, exc)
             else:
                 record(began, None)
 
-        def in_thread(index: int, src: int, dst: int, amount: int) -> None:
+        def in_thread(index: int, arguments: dict[str, Any]) -> None:
             began = time.perf_counter()
             try:
-                runtimes[index % 2].run(
-                    "transfer",
-                    workflow_id=f"transfer-{index}",
-                    transfer_id=f"transfer-{index}",
-                    src=src,
-                    dst=dst,
-                    amount=amount,
-                    fixed=fixed,
-                )
+                runtimes[index % 2].run("transfer", **arguments)
             except Exception as exc:  # counted by type
                 record(began, exc)
             else:
@@ -176,11 +172,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.how == "async":
 
             async def everything() -> None:
-                await asyncio.gather(*(one(i, *w) for i, w in enumerate(work)))
+                await asyncio.gather(*(one(i, w) for i, w in enumerate(work)))
 
             asyncio.run(everything())
         else:
-            threads = [threading.Thread(target=in_thread, args=(i, *w)) for i, w in enumerate(work)]
+            threads = [threading.Thread(target=in_thread, args=(i, w)) for i, w in enumerate(work)]
             for thread in threads:
                 thread.start()
             for thread in threads:
