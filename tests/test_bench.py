@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 
 from apiary._bench import cli
-from apiary._bench.systems import SYSTEMS, VARIANTS
+from apiary._bench.runner import _settled, run_timed
+from apiary._bench.systems import SYSTEMS, VARIANTS, ApiarySystem, SqliteDatabase
 from apiary._bench.workloads import WORKLOADS
 from apiary._cli import main
+from apiary._tracing.store import TraceStore
 from tests.conftest import ENGINES, POSTGRES_URL
 
 SMOKE = ["--clients", "2", "--duration", "0.3", "--rounds", "1", "--warmup", "0.1"]
@@ -122,6 +124,37 @@ def test_smoke_sqlite_traced(tmp_path: Path) -> None:
     # As a user gets it: tracing on, spooled into DuckDB by the runtime.
     data = bench(tmp_path, "--workload", "hotel", "--systems", "apiary-sqlite")
     assert_sane(data, ["apiary-sqlite"])
+
+
+def test_a_traced_systems_round_ends_with_its_traces_spooled(tmp_path: Path) -> None:
+    # Settling moves what the round staged into the trace store before the next system's
+    # round starts, and the round's time counts it; a system without tracing has nothing
+    # to settle.
+    workload = WORKLOADS["hotel"]
+    params = workload.params("tiny")
+    database = SqliteDatabase(tmp_path / "hotel.db")
+    traced = ApiarySystem("apiary-sqlite", database, workload, tmp_path)
+    untraced = ApiarySystem("apiary-sqlite:trace-off", database, workload, tmp_path)
+    traced.install()
+    database.load(workload, params)
+    try:
+        for system in (traced, untraced):
+            system.open(1)
+        measured = [
+            _settled(s, run_timed([s.runner()], workload, params, s.tally, 0.3, 1, s.name))
+            for s in (traced, untraced)
+        ]
+        assert measured[0].ops > 0
+        assert measured[0].settled > 0
+        assert measured[1].settled < 0.05  # nothing to do but return
+        staged = database.query("SELECT count(*) FROM apiary_trace_staging")[0][0]
+        assert staged == 0
+        with TraceStore(traced.trace_store, {}, read_only=True) as store:
+            rows = store.sql("SELECT count(DISTINCT workflow_id) FROM function_invocations")[1]
+        assert rows[0][0] == measured[0].ops  # every workflow of the round, traced and stored
+    finally:
+        for system in (traced, untraced):
+            system.close()
 
 
 def test_postgres_without_url_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

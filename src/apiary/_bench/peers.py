@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from apiary._bench.systems import (
+    SETTLE_WAIT,
     Database,
     PostgresDatabase,
     Runner,
@@ -146,6 +147,8 @@ class ApiaryHttp(HttpSystem):
     """``apiary serve`` of the workload's app (placement=db), with an invoke key."""
 
     health = "/v1/health"
+    #: A runtime of the app, for settling (see :meth:`settle`).
+    spooling: Runtime | None = None
 
     def install(self) -> None:
         with Runtime(self.workload.app, self.database.url) as runtime:
@@ -157,6 +160,29 @@ class ApiaryHttp(HttpSystem):
             check=True,
         )
         self.headers = {"Authorization": f"Bearer {created.stdout.strip().splitlines()[-1]}"}
+
+    @property
+    def trace_store(self) -> Path:
+        """The DuckDB file the frontend spools its traces into."""
+        return self.work_dir / f"{self.workload.name}-apiary-http-trace.duckdb"
+
+    def settle(self) -> None:
+        # The frontend's spooler process moves staged traces in rounds; what it has not
+        # moved yet is moved from here, over the database. (Traces of read-only units
+        # the frontend still holds, at most a quarter of a second's, are staged after.)
+        if self.name.endswith(":trace-off"):
+            return
+        if self.spooling is None:  # made once: registering the app takes a while
+            self.spooling = Runtime(
+                self.workload.app, self.database.url, trace_store=str(self.trace_store)
+            )
+        self.spooling.spool(wait=SETTLE_WAIT)
+
+    def close(self) -> None:
+        super().close()
+        spooling, self.spooling = self.spooling, None
+        if spooling is not None:
+            spooling.close()
 
     def command(self, port: int, clients: int) -> list[str]:
         module = f"apiary._bench.{self.workload.name}:app"
@@ -172,7 +198,7 @@ class ApiaryHttp(HttpSystem):
             "--log-level",
             "warning",
             "--trace-store",
-            str(self.work_dir / f"{self.workload.name}-apiary-http-trace.duckdb"),
+            str(self.trace_store),
             *(["--no-trace"] if self.name.endswith(":trace-off") else []),
         ]
 

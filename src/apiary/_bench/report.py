@@ -133,7 +133,9 @@ def to_markdown(data: dict[str, Any]) -> str:
         "",
         f"Scale `{s['scale']}`; {s['rounds']} rounds of {s['duration']:g} s per system, "
         f"interleaved across systems, after {s['warmup']:g} s of warm-up; medians over rounds. "
-        "Throughput counts operations (workflows) completed per second by all clients.",
+        "Throughput counts operations (workflows) completed per second by all clients. "
+        "A round of an Apiary system with tracing on ends when its traces are in the trace "
+        "store (settling); that time counts in the round.",
     ]
     for workload in s["workloads"]:
         rows = [r for r in data["results"] if r["workload"] == workload]

@@ -89,6 +89,11 @@ def check_name(name: str) -> None:
         )
 
 
+#: Seconds a system's settling waits for its trace store (held by its spooler process
+#: for a round of its own).
+SETTLE_WAIT = 120.0
+
+
 def with_database(url: str, database: str, query: str = "") -> str:
     """``url`` pointing at another database on the same server, with a query string."""
     return urlunsplit(urlsplit(url)._replace(path=f"/{database}", query=query))
@@ -223,6 +228,11 @@ class System:
         """A runner for one client thread."""
         raise NotImplementedError
 
+    def settle(self) -> None:
+        """Finish, after a round, the work it left running in the background (an Apiary
+        runtime's traces still to be spooled), so that it counts in this system's round
+        and does not run during the next system's."""
+
     def close(self) -> None:
         """Release connections and threads."""
 
@@ -272,6 +282,10 @@ class ApiarySystem(System):
             raise RuntimeError(f"{self.name} is not open")
         run = self.runtime.run
         return lambda workflow, args: run(workflow, **args)
+
+    def settle(self) -> None:
+        if self.runtime is not None and self.variant.trace:
+            self.runtime.spool(wait=SETTLE_WAIT)
 
     def close(self) -> None:
         runtime, self.runtime = self.runtime, None
