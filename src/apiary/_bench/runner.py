@@ -229,6 +229,22 @@ def run_timed(
     )
 
 
+def _timed(
+    runners: Sequence[Callable[[str, dict[str, Any]], Any]],
+    system: System,
+    workload: Workload,
+    params: dict[str, int],
+    seconds: float,
+    number: int,
+    prefix: str,
+) -> Round:
+    """Round ``number`` (0: the warm-up) of ``system``, settled."""
+    measured = run_timed(
+        runners, workload, params, system.tally, seconds, seed=number, prefix=f"{prefix}.{number}"
+    )
+    return _settled(system, measured)
+
+
 def _settled(system: System, measured: Round) -> Round:
     """``measured``, with the time ``system`` then takes to settle added to the round.
 
@@ -366,36 +382,20 @@ def _bench_workload(
             for position, system in enumerate(systems):
                 system.open(clients)
                 runners[system.name] = [system.runner() for _ in range(clients)]
-                warm = _settled(
-                    system,
-                    run_timed(
-                        runners[system.name],
-                        workload,
-                        params,
-                        system.tally,
-                        settings.warmup,
-                        seed=0,
-                        prefix=f"{position}.{clients}.0",
-                    ),
-                )
+                warm = _timed(
+                    runners[system.name], system, workload, params, settings.warmup, 0,
+                    f"{position}.{clients}",
+                )  # fmt: skip
                 progress.step(
                     f"{workload.name} clients={clients} warm-up {system.name}: "
                     f"{warm.throughput:,.0f} ops/s"
                 )
             for number in range(1, settings.rounds + 1):
                 for position, system in enumerate(systems):
-                    measured = _settled(
-                        system,
-                        run_timed(
-                            runners[system.name],
-                            workload,
-                            params,
-                            system.tally,
-                            settings.duration,
-                            seed=number,
-                            prefix=f"{position}.{clients}.{number}",
-                        ),
-                    )
+                    measured = _timed(
+                        runners[system.name], system, workload, params, settings.duration,
+                        number, f"{position}.{clients}",
+                    )  # fmt: skip
                     results[system.name].rounds.append(measured)
                     failed = sum(measured.errors.values())
                     progress.step(
