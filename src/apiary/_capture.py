@@ -53,7 +53,7 @@ class CapturePlan:
             more columns, which ``groups`` split: ``[table, [columns...]]`` each.
     """
 
-    __slots__ = ("entry", "extra", "groups", "mode", "op", "slices", "tables", "variant")
+    __slots__ = ("entry", "extra", "groups", "mode", "op", "tables", "variant")
 
     def __init__(
         self,
@@ -69,13 +69,6 @@ class CapturePlan:
         self.variant = variant
         self.groups = [(str(table), [str(c) for c in columns]) for table, columns in groups]
         self.extra = sum(len(columns) for _, columns in self.groups)
-        # Where each group's columns are, counted from the end of a row.
-        self.slices: list[tuple[int, int, int | None]] = []
-        start = -self.extra
-        for group, (_, columns) in enumerate(self.groups):
-            end = start + len(columns)
-            self.slices.append((group, start, end or None))
-            start = end
         #: The statement's entry in a trace document, JSON text (made on first use).
         self.entry: str | None = None
 
