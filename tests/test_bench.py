@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +188,59 @@ def test_http_systems(tmp_path: Path, postgres_admin: str, engines: list[str]) -
     assert_sane(data, systems)
     (ratio,) = [e for e in data["ratios"] if e["comparison"] == "end to end over HTTP"]
     assert ratio["target"] == 2.0
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes below ``pid``, read from /proc."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue  # the thread ended
+        for child in map(int, children):
+            found |= {child} | _descendants(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (an exited process not yet reaped is a zombie: not alive)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="needs APIARY_TEST_POSTGRES_URL")
+def test_a_terminated_run_stops_its_server_processes(tmp_path: Path, postgres_admin: str) -> None:
+    # SIGTERM ends a run as Ctrl-C does: apiary serve (with its spooler process) and the
+    # RPC service are stopped, not left running without their parent.
+    progress = tmp_path / "progress.txt"
+    with progress.open("w") as sink:
+        bench = subprocess.Popen(
+            [sys.executable, "-m", "apiary._cli", "bench", "--workload", "counter", "--systems",
+             "apiary-http", "rpc-baseline", "--scale", "tiny", "--clients", "1", "--warmup",
+             "0.1", "--duration", "60", "--rounds", "1", "--db-url", postgres_admin,
+             "--out", str(tmp_path / "out")],
+            stdout=sink, stderr=sink, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while "round 1/1" not in progress.read_text() and bench.poll() is None:
+            assert time.monotonic() < deadline, progress.read_text()
+            time.sleep(0.2)
+        servers = _descendants(bench.pid)
+        commands = [Path(f"/proc/{p}/cmdline").read_bytes() for p in servers]
+        assert any(b"rpc_service" in c for c in commands), commands
+        assert any(b"spool_process" in c for c in commands), commands
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=60) == 130
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    assert "interrupted" in progress.read_text()
+    left = [p for p in servers if _alive(p)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left

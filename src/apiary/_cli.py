@@ -285,6 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ApiaryError, ValueError) as exc:
         print(f"apiary {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C (and SIGTERM for `apiary bench`): what was started is stopped on the way out.
+        print(f"apiary {args.command}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader went away (`apiary trace ... | head`): stop quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)

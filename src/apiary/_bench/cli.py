@@ -12,9 +12,13 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +141,8 @@ def run_bench(args: argparse.Namespace) -> int:
         db_url=args.db_url,
         work_dir=out / "db" if args.keep_db else None,
     )
-    outcome = bench(settings)
+    with _terminated_like_interrupted():
+        outcome = bench(settings)
     command = shlex.join(
         [
             "apiary",
@@ -170,6 +175,24 @@ def run_bench(args: argparse.Namespace) -> int:
     if missing:
         print(f"apiary bench: {missing}", file=sys.stderr)
     return 0 if all(c["ok"] for c in data["checks"]) else 1
+
+
+@contextlib.contextmanager
+def _terminated_like_interrupted() -> Iterator[None]:
+    """Take SIGTERM as Ctrl-C: stop the run and its server processes (apiary serve, the
+    RPC service, DBOS's worker), instead of dying and leaving them running."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def data_summary(data: dict[str, Any]) -> str:
