@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import gc
 import logging
 import os
 import signal
@@ -291,6 +292,33 @@ def test_columns_added_later_are_added_to_the_store(tmp_path: Path) -> None:
 
 
 # -- ingest ---------------------------------------------------------------------------
+
+
+def test_an_ingest_runs_without_cyclic_collections(store: TraceStore) -> None:
+    # The collector would walk the batch's many small objects again and again; it is off
+    # during an ingest, and left as it was found (on, or off by the application's choice).
+    collections: list[str] = []
+
+    def seen(phase: str, info: dict[str, Any]) -> None:
+        collections.append(phase)
+
+    batch = [(i, f"w{i}", f"w{i}/u", unit_payload(f"w{i}", 7, 1)) for i in range(1, 401)]
+    assert gc.isenabled()
+    gc.callbacks.append(seen)
+    try:
+        assert len(store.ingest(batch)) == 400
+        # At most the one that runs when the collector is switched back on.
+        assert collections.count("start") <= 1, collections
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            store.ingest([(1000, "w", "w/u", "not json")])  # kept aside, not raised
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+    finally:
+        gc.callbacks.remove(seen)
+    assert count(store, "function_invocations") == 800  # two functions a unit
 
 
 def test_ingest_stores_functions_rows_and_statements(store: TraceStore) -> None:

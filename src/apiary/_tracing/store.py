@@ -51,7 +51,8 @@ UNNEST($1), UNNEST($2), ...`` per event shape, a Python list per column (no pand
 Arrow). DuckDB converts every Python value passed (about 0.5 us each), so what events
 share (workflow, invocation, function, statement text) is passed once per batch and
 indexed (:class:`_Events`), and payloads are decoded by the JSON parser with the codec's
-tags undone as met (:func:`_decode`). Ingest runs at about 100,000 events/s for units of
+tags undone as met (:func:`_decode`). The cyclic garbage collector is off during an
+ingest (:func:`_without_cyclic_gc`). Ingest runs at about 100,000 events/s for units of
 10 events and 60,000 for units of 3. "Who touched row X" is a filtered scan of one event
 table: 2-10 ms over a million rows, so no index is kept on event tables (an ART index
 slows every insert and must fit in memory); DuckDB's zone maps skip row groups when the
@@ -69,12 +70,14 @@ seconds, then :class:`~apiary.DatabaseUnavailableError`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import gc
 import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -282,6 +285,10 @@ class TraceStore:
         Returns every id of ``batch``, all now safely stored (the caller deletes them from
         staging). A malformed payload is kept in ``rejected_payloads`` and counts as stored.
         """
+        with _without_cyclic_gc():
+            return self._ingest(batch)
+
+    def _ingest(self, batch: Iterable[StagedRow]) -> list[int]:
         rows = {int(row[0]): (int(row[0]), row[1], row[2], row[3]) for row in batch}
         if not rows:
             return []
@@ -478,6 +485,28 @@ class TraceStore:
                 con.execute(f"COPY {quote(table)} TO '{target}' (FORMAT PARQUET)")
                 paths.append(path)
         return paths
+
+
+@contextlib.contextmanager
+def _without_cyclic_gc() -> Iterator[None]:
+    """Switch Python's cyclic garbage collector off for the block (if it is on).
+
+    An ingest makes hundreds of thousands of small lists and tuples (decoded documents,
+    event rows) that live until its insert. Each few hundred allocations start a
+    collection that walks them again, so with the collector on, a batch of hotel traces
+    cost 72 µs of CPU per operation to spool, against 48 with it off (measured). None
+    of them form cycles: reference counting frees them all; cycles made by other threads
+    meanwhile wait for the first collection after the block. An application that keeps
+    the collector off keeps it off.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _chronological(access: Mapping[str, Any]) -> tuple[Any, ...]:
