@@ -567,6 +567,61 @@ def test_unit_with_more_writes_than_cached_subtransactions(
     assert rt.call("count_many", batch="b") == [100, 100]
 
 
+def test_a_workflow_ends_under_read_committed_and_its_units_stay_serializable(
+    runtimes: MakeRuntime, pg_database: str, placement: str
+) -> None:
+    # The end of a workflow, in its own transaction after the last step, reads and writes
+    # only its status row and recorded outputs, which row locks serialize; under
+    # SERIALIZABLE its key lookup locked the index page every new workflow is inserted
+    # into, and ends failed and were retried under load. Units keep SERIALIZABLE.
+    with admin_connect(pg_database) as conn:
+        conn.execute("CREATE TABLE ended_under (workflow_id TEXT, isolation TEXT)")
+        conn.execute(
+            "CREATE FUNCTION note_end() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "INSERT INTO ended_under VALUES (NEW.workflow_id, "
+            "current_setting('transaction_isolation')); RETURN NULL; END $$"
+        )
+    rt = runtimes(pg_engine.app, placement)
+    with admin_connect(pg_database) as conn:
+        conn.execute(
+            "CREATE TRIGGER note_end AFTER UPDATE OF status ON apiary.workflows "
+            "FOR EACH ROW WHEN (NEW.status <> 'PENDING') EXECUTE FUNCTION note_end()"
+        )
+    assert rt.run("isolation_then_step", tag="ended", workflow_id="iso-1") == "serializable"
+    # The same ID again: the recorded answer, nothing ends twice.
+    assert rt.run("isolation_then_step", tag="ended", workflow_id="iso-1") == "serializable"
+    assert asyncio.run(rt.run_async("isolation_then_step", tag="ended", workflow_id="iso-2")) == (
+        "serializable"
+    )
+    with admin_connect(pg_database) as conn:
+        ended = conn.execute("SELECT * FROM ended_under ORDER BY workflow_id").fetchall()
+        assert ended == [("iso-1", "read committed"), ("iso-2", "read committed")]
+        tagged = conn.execute("SELECT count(*) FROM pe_side WHERE tag = 'ended'").fetchone()
+        assert tagged == (2,)
+
+
+def test_concurrent_ends_of_one_workflow_give_one_answer(
+    runtimes: MakeRuntime, pg_database: str, placement: str
+) -> None:
+    # Under READ COMMITTED, a second end waits for the first one's row lock, then finds
+    # the workflow finished: every caller of the ID gets the same answer, the unit ran once.
+    rt = runtimes(pg_engine.app, placement, pool_min=4)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(
+                lambda i: rt.run("isolation_then_step", tag="race", workflow_id=f"race-{i % 4}"),
+                range(32),
+            )
+        )
+    assert answers == ["serializable"] * 32
+    with admin_connect(pg_database) as conn:
+        assert conn.execute("SELECT count(*) FROM pe_side WHERE tag = 'race'").fetchone() == (4,)
+        statuses = conn.execute(
+            "SELECT status, output, count(*) FROM apiary.workflows GROUP BY status, output"
+        ).fetchall()
+        assert statuses == [("SUCCESS", '"serializable"', 4)]
+
+
 def backends_named(url: str, application_name: str) -> int:
     """Backends connected under ``application_name``, once those closing are gone (<= 5 s)."""
     deadline = time.monotonic() + 5

@@ -129,3 +129,27 @@ def count_tagged(ctx: apiary.TxContext, pattern: str) -> int:
 def doubled(tag: str, n: int):  # type: ignore[no-untyped-def]
     """A writing function, then a read-only one: ``2 * n + 1``."""
     return plus_one(double(tag, n))
+
+
+ISOLATION = apiary.sql("SELECT current_setting('transaction_isolation')")
+
+
+@app.function
+def note_isolation(ctx: apiary.TxContext, tag: str) -> str:
+    """Write a row tagged ``tag``; return the transaction's isolation level."""
+    ctx.execute(ADD_SIDE, tag)
+    row = ctx.query_one(ISOLATION)
+    assert row is not None
+    return str(row[0])
+
+
+@app.step
+def echo(ctx: apiary.StepContext, value: str) -> str:
+    """A step: the workflow ends in a transaction of its own after it."""
+    return value
+
+
+@app.workflow
+def isolation_then_step(tag: str):  # type: ignore[no-untyped-def]
+    """A writing unit, then a step."""
+    return echo(note_isolation(tag))

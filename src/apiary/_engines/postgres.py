@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import psycopg.errors
+from psycopg.pq import TransactionStatus
 from psycopg.types.string import TextLoader
 
 from apiary import _codec
@@ -71,6 +72,16 @@ T = TypeVar("T")
 
 #: Every connection's transactions are serializable.
 SERIALIZABLE_SQL = "SET default_transaction_isolation TO 'serializable'"
+#: Bookkeeping transactions that run under ``READ COMMITTED``: the end of a workflow, in a
+#: transaction of its own after its last step. It reads and writes only that workflow's
+#: status row and recorded outputs, which row locks and the status check already
+#: serialize (a second end waits for the first, then finds the workflow finished and
+#: returns its answer); no application data. Under ``SERIALIZABLE`` its primary key
+#: lookup took a predicate lock on the index page where every new workflow's row goes
+#: (generated IDs are consecutive), and with 4 clients on hotel about 45% of reserve
+#: workflows' ends failed and were retried (see docs/BENCHMARKS.md, Results Q).
+READ_COMMITTED_OPS = frozenset({"end_workflow"})
+_BEGIN_READ_COMMITTED = "BEGIN ISOLATION LEVEL READ COMMITTED"
 
 PLACEMENTS = ("db", "client")
 
@@ -220,13 +231,26 @@ class PostgresEngine(Engine):
 
     # -- transactions in this process (placement=client, and bookkeeping there) --------
 
-    def transact(self, work: Callable[[Database], T], *, write: bool) -> T:
-        """Run ``work`` over a pooled connection in one transaction; retry conflicts."""
+    def transact(
+        self, work: Callable[[Database], T], *, write: bool, read_committed: bool = False
+    ) -> T:
+        """Run ``work`` over a pooled connection in one transaction; retry conflicts.
+        With ``read_committed``, the transaction is ``READ COMMITTED`` (see
+        :data:`READ_COMMITTED_OPS`) instead of the connection's ``SERIALIZABLE``."""
         last: BaseException | None = None
         for attempt in retry_attempts():
             try:
-                with self.pool().connection() as conn, conn.transaction():
-                    return work(PsycopgDatabase(conn))
+                with self.pool().connection() as conn:
+                    if not read_committed:
+                        with conn.transaction():
+                            return work(PsycopgDatabase(conn))
+                    conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+                    try:
+                        with conn.transaction():
+                            return work(PsycopgDatabase(conn))
+                    finally:
+                        if conn.info.transaction_status == TransactionStatus.IDLE:
+                            conn.isolation_level = None
             except TransactionConflict as exc:
                 last = exc
             except psycopg.Error as exc:
@@ -279,17 +303,36 @@ class PostgresEngine(Engine):
         return sql, (self.app.version, op.__name__, _codec.dumps([list(args), kwargs]))
 
     def _call(
-        self, sql: str, params: tuple[Any, ...], *, repeatable: bool, rows: bool = False
+        self,
+        sql: str,
+        params: tuple[Any, ...],
+        *,
+        repeatable: bool,
+        rows: bool = False,
+        read_committed: bool = False,
     ) -> Any:
         """Run a stored procedure's ``SELECT`` and decode its answer (with ``rows``, the
-        answers of a set-returning one, as a list), retrying what is safe to retry."""
+        answers of a set-returning one, as a list), retrying what is safe to retry.
+        With ``read_committed``, the call is a ``READ COMMITTED`` transaction (see
+        :data:`READ_COMMITTED_OPS`), sent with its ``BEGIN`` and ``COMMIT`` in one trip."""
         lost = 0
         for attempt in retry_attempts():
             try:
                 pool = self._pool or self.pool()
                 conn = pool.take()
                 try:
-                    cursor = conn.execute(sql, params, prepare=True)
+                    if read_committed:
+                        try:
+                            with conn.pipeline():
+                                conn.execute(_BEGIN_READ_COMMITTED)
+                                cursor = conn.execute(sql, params, prepare=True)
+                                conn.execute("COMMIT")
+                        finally:
+                            if conn.info.transaction_status != TransactionStatus.IDLE:
+                                with contextlib.suppress(psycopg.Error):
+                                    conn.rollback()
+                    else:
+                        cursor = conn.execute(sql, params, prepare=True)
                     if rows:
                         return [decode_answer(row[0]) for row in cursor.fetchall()]
                     row = cursor.fetchone()
@@ -301,7 +344,14 @@ class PostgresEngine(Engine):
             time.sleep(backoff_delay(attempt))
         raise TransactionConflictError(f"a call kept conflicting for {RETRY_SECONDS:.0f} s")
 
-    async def _call_async(self, sql: str, params: tuple[Any, ...], *, repeatable: bool) -> Any:
+    async def _call_async(
+        self,
+        sql: str,
+        params: tuple[Any, ...],
+        *,
+        repeatable: bool,
+        read_committed: bool = False,
+    ) -> Any:
         """:meth:`_call` on the running event loop's pool, awaiting the answer there."""
         lost = 0
         for attempt in retry_attempts():
@@ -309,7 +359,18 @@ class PostgresEngine(Engine):
                 pool = self._async_pool()
                 conn = await pool.take()
                 try:
-                    cursor = await conn.execute(sql, params, prepare=True)
+                    if read_committed:
+                        try:
+                            async with conn.pipeline():
+                                await conn.execute(_BEGIN_READ_COMMITTED)
+                                cursor = await conn.execute(sql, params, prepare=True)
+                                await conn.execute("COMMIT")
+                        finally:
+                            if conn.info.transaction_status != TransactionStatus.IDLE:
+                                with contextlib.suppress(psycopg.Error):
+                                    await conn.rollback()
+                    else:
+                        cursor = await conn.execute(sql, params, prepare=True)
                     row = await cursor.fetchone()
                 finally:
                     await pool.give(conn)
@@ -357,17 +418,23 @@ class PostgresEngine(Engine):
 
     def system(self, op: Callable[..., T], *args: Any, write: bool, **kwargs: Any) -> T:
         """Run a bookkeeping function: in the system procedure (``db``) or here."""
+        committed = op.__name__ in READ_COMMITTED_OPS
         if self.placement == "client":
-            return super().system(op, *args, write=write, **kwargs)
+            return self.transact(
+                lambda db: op(db, *args, **kwargs), write=write, read_committed=committed
+            )
         sql, params = self._system_call(op, args, kwargs)
-        return decode_result(self._call(sql, params, repeatable=True))  # type: ignore[no-any-return]
+        return decode_result(self._call(sql, params, repeatable=True, read_committed=committed))  # type: ignore[no-any-return]
 
     async def system_async(self, op: Callable[..., T], *args: Any, write: bool, **kwargs: Any) -> T:
         """:meth:`system`, awaited on the event loop (placement=db)."""
         if self.placement == "client":
             return await super().system_async(op, *args, write=write, **kwargs)
         sql, params = self._system_call(op, args, kwargs)
-        return decode_result(await self._call_async(sql, params, repeatable=True))  # type: ignore[no-any-return]
+        committed = op.__name__ in READ_COMMITTED_OPS
+        return decode_result(  # type: ignore[no-any-return]
+            await self._call_async(sql, params, repeatable=True, read_committed=committed)
+        )
 
     # -- install ---------------------------------------------------------------------
 
