@@ -7,7 +7,8 @@ queries costs one round trip. ``placement=client`` runs the same execution core 
 process over a connection, one round trip per query: the conventional architecture, for
 comparison and for functions that need libraries the server's Python lacks.
 
-Every transaction runs under ``SERIALIZABLE``. Serialization failures and deadlocks
+Every transaction runs under ``SERIALIZABLE``, except the end of a workflow in a
+transaction of its own (:data:`READ_COMMITTED_OPS`). Serialization failures and deadlocks
 (SQLSTATE 40001, 40P01) are retried outside the transaction with jittered backoff.
 
 With ``placement=db``, calls made on an event loop (``Runtime.run_async``, and so the
