@@ -38,24 +38,22 @@ database: the figures measure what routing costs, not how a cluster scales.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import random
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import apiary
+from apiary._bench.cli import sigterm_as_interrupt
 from benchmarks._harness import Round, RoundStats, run_threads
 
 KEYS = 10_000
@@ -564,20 +562,6 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-@contextlib.contextmanager
-def interrupted_by_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt, so that the databases are dropped on it too."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, build the databases, run the benchmark, print the tables, clean up."""
     parser = argparse.ArgumentParser(
@@ -627,7 +611,7 @@ def main(argv: list[str] | None = None) -> None:
     results: list[Result] = []
     counted = Counted()
     try:
-        with interrupted_by_sigterm():
+        with sigterm_as_interrupt():  # the databases are dropped on SIGTERM too
             dbs = create_databases(args.url, args.url2, args.prefix, workdir)
             load(dbs)
             described = machine(dbs)

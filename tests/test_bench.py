@@ -227,7 +227,9 @@ def test_a_terminated_run_stops_its_server_processes(tmp_path: Path, postgres_ad
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while "round 1/1" not in progress.read_text() and bench.poll() is None:
+        # Both servers are up once the second one's warm-up is reported; the first one's
+        # 60 s round is then running.
+        while "warm-up rpc-baseline" not in progress.read_text() and bench.poll() is None:
             assert time.monotonic() < deadline, progress.read_text()
             time.sleep(0.2)
         servers = _descendants(bench.pid)

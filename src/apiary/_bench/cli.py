@@ -141,7 +141,7 @@ def run_bench(args: argparse.Namespace) -> int:
         db_url=args.db_url,
         work_dir=out / "db" if args.keep_db else None,
     )
-    with _terminated_like_interrupted():
+    with sigterm_as_interrupt():
         outcome = bench(settings)
     command = shlex.join(
         [
@@ -178,9 +178,11 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _terminated_like_interrupted() -> Iterator[None]:
-    """Take SIGTERM as Ctrl-C: stop the run and its server processes (apiary serve, the
-    RPC service, DBOS's worker), instead of dying and leaving them running."""
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Take SIGTERM as Ctrl-C (``KeyboardInterrupt``) in the block, so that cleanup runs:
+    ``apiary bench`` stops its server processes (apiary serve, the RPC service, DBOS's
+    worker) instead of dying and leaving them running. In another thread than the main
+    one (which alone gets signals), it does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers belong to the main thread
         return
