@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import json
 import logging
@@ -433,6 +434,28 @@ class _Batch:
         ):
             for each in events:
                 each.insert(con, function_rows, statement_rows)
+
+
+@contextlib.contextmanager
+def _without_cyclic_gc() -> Iterator[None]:
+    """Switch Python's cyclic garbage collector off for the block (if it is on).
+
+    An ingest makes hundreds of thousands of small lists and tuples (decoded documents,
+    event rows) that live until its insert. Each few hundred allocations start a
+    collection that walks them again, so with the collector on, a batch of hotel traces
+    cost 72 µs of CPU per operation to spool, against 48 with it off (measured). None
+    of them form cycles: reference counting frees them all; cycles made by other threads
+    meanwhile wait for the first collection after the block. An application that keeps
+    the collector off keeps it off.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _decode(payload: str) -> Any:

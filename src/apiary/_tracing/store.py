@@ -70,14 +70,12 @@ seconds, then :class:`~apiary.DatabaseUnavailableError`).
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import gc
 import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -102,6 +100,7 @@ from apiary._tracing.layout import (
     _decode,
     _EventTable,
     _Rows,
+    _without_cyclic_gc,
     events_table,
     log,
     quote,
@@ -485,28 +484,6 @@ class TraceStore:
                 con.execute(f"COPY {quote(table)} TO '{target}' (FORMAT PARQUET)")
                 paths.append(path)
         return paths
-
-
-@contextlib.contextmanager
-def _without_cyclic_gc() -> Iterator[None]:
-    """Switch Python's cyclic garbage collector off for the block (if it is on).
-
-    An ingest makes hundreds of thousands of small lists and tuples (decoded documents,
-    event rows) that live until its insert. Each few hundred allocations start a
-    collection that walks them again, so with the collector on, a batch of hotel traces
-    cost 72 µs of CPU per operation to spool, against 48 with it off (measured). None
-    of them form cycles: reference counting frees them all; cycles made by other threads
-    meanwhile wait for the first collection after the block. An application that keeps
-    the collector off keeps it off.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _chronological(access: Mapping[str, Any]) -> tuple[Any, ...]:
