@@ -79,8 +79,9 @@ SERIALIZABLE_SQL = "SET default_transaction_isolation TO 'serializable'"
 #: serialize (a second end waits for the first, then finds the workflow finished and
 #: returns its answer); no application data. Under ``SERIALIZABLE`` its primary key
 #: lookup took a predicate lock on the index page where every new workflow's row goes
-#: (generated IDs are consecutive), and with 4 clients on hotel about 45% of reserve
-#: workflows' ends failed and were retried (see docs/BENCHMARKS.md, Results Q).
+#: (generated IDs are consecutive), and with 4 clients on hotel about 370 ends a second
+#: failed and were retried (docs/BENCHMARKS.md, "The end of a workflow under READ
+#: COMMITTED").
 READ_COMMITTED_OPS = frozenset({"end_workflow"})
 _BEGIN_READ_COMMITTED = "BEGIN ISOLATION LEVEL READ COMMITTED"
 
