@@ -40,13 +40,8 @@ from typing import Any
 
 from apiary._app import WorkflowDef
 from apiary._errors import InvalidArgumentsError
-from apiary._frontend.shapes import (
-    _describe,
-    _Mismatch,
-    _names,
-    _resolve_annotations,
-    _shape,
-)
+from apiary._frontend.annotations import _resolve_annotations, _shape
+from apiary._frontend.shapes import _describe, _Mismatch, _names
 
 __all__ = ["check_arguments", "json_schema", "request_schema"]
 
