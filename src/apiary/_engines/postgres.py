@@ -243,15 +243,16 @@ class PostgresEngine(Engine):
         for attempt in retry_attempts():
             try:
                 with self.pool().connection() as conn:
-                    if not read_committed:
-                        with conn.transaction():
-                            return work(PsycopgDatabase(conn))
-                    conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+                    if read_committed:  # psycopg's BEGIN then names the level
+                        conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
                     try:
                         with conn.transaction():
                             return work(PsycopgDatabase(conn))
                     finally:
-                        if conn.info.transaction_status == TransactionStatus.IDLE:
+                        if (
+                            read_committed
+                            and conn.info.transaction_status == TransactionStatus.IDLE
+                        ):
                             conn.isolation_level = None
             except TransactionConflict as exc:
                 last = exc
