@@ -44,6 +44,7 @@ import random
 import sqlite3
 import statistics
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -195,6 +196,24 @@ def _search_calls(runtime: apiary.Runtime, count: int) -> list[Any]:
     return [c for c in calls if c[0] == calls[-1][0]]  # the search unit's, not bookkeeping
 
 
+def _run_all(runtime: apiary.Runtime, operations: list[Any], clients: int) -> None:
+    """Run ``operations``, by ``clients`` threads each taking every ``clients``-th one."""
+    if clients == 1:
+        for workflow, arguments in operations:
+            runtime.run(workflow, **arguments)
+        return
+
+    def client(first: int) -> None:
+        for workflow, arguments in operations[first::clients]:
+            runtime.run(workflow, **arguments)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def _postgres(args: argparse.Namespace) -> None:
     """The PostgreSQL mode (see the module docstring)."""
     import psycopg
@@ -208,7 +227,7 @@ def _postgres(args: argparse.Namespace) -> None:
         backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
         with open(f"/proc/{backend}/stat") as file:
             postmaster = int(file.read().rsplit(")", 1)[1].split()[1])
-    url = f"{database.url}?placement=db&pool_min=1&pool_max=4"
+    url = f"{database.url}?placement=db&pool_min=1&pool_max={max(4, args.clients)}"
     runtimes = {
         name: apiary.Runtime(hotel.app, url, trace=name == "on", trace_store=None)
         for name in ("off", "on")
@@ -227,8 +246,7 @@ def _postgres(args: argparse.Namespace) -> None:
                 operations = _operations(f"{name}-{number}", number, args.ops)
                 server, client = _server_ticks(postmaster), time.process_time()
                 began = time.perf_counter()
-                for workflow, arguments in operations:
-                    runtime.run(workflow, **arguments)
+                _run_all(runtime, operations, args.clients)
                 runtime.flush_traces()
                 wall = time.perf_counter() - began
                 client = time.process_time() - client
@@ -278,6 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--ops", type=int, default=3000, help="operations per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--clients", type=int, default=1, help="with --url: threads running the operations"
+    )
     parser.add_argument("--url", help="a PostgreSQL superuser's URL: measure placement=db")
     parser.add_argument(
         "--backend", action="store_true", help="with --url: also time capture inside a backend"
