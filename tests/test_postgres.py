@@ -600,6 +600,38 @@ def test_a_workflow_ends_under_read_committed_and_its_units_stay_serializable(
         assert tagged == (2,)
 
 
+def test_a_workflow_end_finds_its_status_row_by_key_when_the_table_was_analyzed_empty(
+    runtimes: MakeRuntime, pg_database: str
+) -> None:
+    # A backend keeps its plans. One made while the statistics said the status table was
+    # a page (ANALYZE on a new install) read every workflow at each end: a scan that grew
+    # with the table until autovacuum analyzed it again. The system procedure plans its
+    # keyed lookups with sequential scans off. A trigger in the end's transaction reads
+    # that transaction's scan counts.
+    rt = runtimes(pg_engine.app, "db", pool_min=1, pool_max=1)
+    with admin_connect(pg_database) as conn:
+        conn.execute("CREATE TABLE end_scans (workflow_id TEXT, seq_scans BIGINT)")
+        conn.execute(
+            "CREATE FUNCTION note_scans() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "INSERT INTO end_scans SELECT NEW.workflow_id, seq_scan "
+            "FROM pg_stat_xact_user_tables WHERE relid = 'apiary.workflows'::regclass; "
+            "RETURN NULL; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER note_scans AFTER UPDATE OF status ON apiary.workflows "
+            "FOR EACH ROW WHEN (NEW.status <> 'PENDING') EXECUTE FUNCTION note_scans()"
+        )
+        conn.execute("ANALYZE apiary.workflows")
+    for number in range(8):  # past the five custom plans, to the cached generic one
+        assert rt.run("isolation_then_step", tag="scan", workflow_id=f"scan-{number}") == (
+            "serializable"
+        )
+    with admin_connect(pg_database) as conn:
+        scans = conn.execute("SELECT workflow_id, seq_scans FROM end_scans").fetchall()
+    assert len(scans) == 8
+    assert [s for _, s in scans] == [0] * 8, scans
+
+
 def test_concurrent_ends_of_one_workflow_give_one_answer(
     runtimes: MakeRuntime, pg_database: str, placement: str
 ) -> None:

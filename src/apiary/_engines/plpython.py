@@ -119,6 +119,11 @@ CREATE TABLE IF NOT EXISTS apiary.code (
 );
 """
 
+#: The system procedure's setting. A backend keeps its plans; one made while the status
+#: table was a page long (just installed or analyzed) read every status row at each end
+#: of a workflow. Its statements all look rows up by an index (docs/POSTGRES.md).
+SYSTEM_STUB_SETTINGS = "SET enable_seqscan = off "
+
 _CORE = (_errors, _codec, _database, _capture, _bookkeeping, _units, _execution)
 
 
@@ -296,11 +301,13 @@ def _stub_body(app: str, call: str) -> str:
     )
 
 
-def _create_function(conn: psycopg.Connection[Any], name: str, params: str, body: str) -> None:
+def _create_function(
+    conn: psycopg.Connection[Any], name: str, params: str, body: str, settings: str = ""
+) -> None:
     tag = "apiary_" + hashlib.sha256(body.encode()).hexdigest()[:8]
     conn.execute(
         f'CREATE OR REPLACE FUNCTION apiary."{name}"({params}) RETURNS text '
-        f"LANGUAGE plpython3u AS ${tag}$\n{body}${tag}$"
+        f"LANGUAGE plpython3u {settings}AS ${tag}$\n{body}${tag}$"
     )
 
 
@@ -341,6 +348,7 @@ def install(
                 system_stub_name(app.name),
                 "version text, op text, payload text",
                 _stub_body(app.name, "rt.system(op, payload)"),
+                SYSTEM_STUB_SETTINGS,
             )
             done: set[str] = set()
             for unit in units:
