@@ -6,13 +6,16 @@
 
 Both are one uvicorn process, started for each client count with a connection pool as
 large as the clients, and driven by the client threads over HTTP/1.1 keep-alive
-connections (one ``httpx.Client`` per thread): the same load generator for both, so
-their ratio is the end-to-end comparison. Their databases are the shared PostgreSQL
-database of the workload, checked with the other PostgreSQL systems.
+connections, one per thread, on the standard library's ``http.client`` (the transport of
+:class:`apiary.Client`): the same load generator for both, so their ratio is the
+end-to-end comparison. It costs about a third of the CPU per request of ``httpx``, which
+shares the two cores with the servers (docs/BENCHMARKS.md, run I). Their databases are
+the shared PostgreSQL database of the workload, checked with the other PostgreSQL systems.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -30,6 +33,7 @@ from apiary._bench.systems import (
     pg_available,
 )
 from apiary._bench.workloads import Workload
+from apiary._client import _Connections
 from apiary._runtime import Runtime
 
 if TYPE_CHECKING:
@@ -55,7 +59,7 @@ class HttpSystem(System):
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.headers: dict[str, str] = {}
-        self.clients: list[Any] = []
+        self.clients: list[_Connections] = []
         self.log = work_dir / f"{workload.name}-{name}.log"
 
     def install(self) -> None:
@@ -96,23 +100,25 @@ class HttpSystem(System):
         return f"/{workflow}"
 
     def runner(self) -> Runner:
-        import httpx
-
-        client = httpx.Client(base_url=self.url, headers=self.headers, timeout=60)
-        self.clients.append(client)
-        path = self.path
+        connections = _Connections(timeout=60)
+        self.clients.append(connections)
+        path, base = self.path, self.url
+        headers = {**self.headers, "Content-Type": "application/json"}
+        dumps, loads = json.dumps, json.loads
 
         def run(workflow: str, args: dict[str, Any]) -> Any:
-            answer = client.post(path(workflow), json=args)
+            body = dumps(args, separators=(",", ":")).encode()
+            answer = connections.request("POST", base + path(workflow), headers, body)
             if answer.status_code != 200:
-                raise RuntimeError(f"HTTP {answer.status_code}: {answer.text[:200]}")
-            return answer.json()["output"]
+                text = answer.content[:200].decode(errors="replace")
+                raise RuntimeError(f"HTTP {answer.status_code}: {text}")
+            return loads(answer.content)["output"]
 
         return run
 
     def close(self) -> None:
-        for client in self.clients:
-            client.close()
+        for connections in self.clients:
+            connections.close()
         self.clients = []
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
