@@ -246,3 +246,41 @@ def test_a_terminated_run_stops_its_server_processes(tmp_path: Path, postgres_ad
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left
+
+
+def test_a_failed_operation_is_reported_with_its_message() -> None:
+    # A round that fails counts errors by type; the report says what went wrong, not only
+    # how often (an HTTP system answering 401 to every request showed "47974 RuntimeError").
+    from apiary._bench.report import to_json, to_markdown
+    from apiary._bench.runner import Outcome, Result, Settings
+    from apiary._bench.workloads import Tally
+
+    workload = WORKLOADS["counter"]
+    params = workload.params("tiny")
+    calls = [0]
+
+    def failing(workflow: str, args: dict[str, Any]) -> Any:
+        calls[0] += 1
+        if calls[0] % 2:
+            raise RuntimeError(f"HTTP 401: no key for call {calls[0]}\n`detail`")
+        raise KeyError("output")
+
+    measured = run_timed([failing], workload, params, Tally(), 0.1, 1, "f")
+    assert measured.ops == 0
+    assert sum(measured.errors.values()) == calls[0]
+    assert measured.messages == {
+        "RuntimeError": "HTTP 401: no key for call 1\n`detail`",
+        "KeyError": "'output'",
+    }
+    result = Result("counter", "rpc-baseline", 1, [measured, measured])
+    settings = Settings(["counter"], ["rpc-baseline"], [1], scale="tiny")
+    outcome = Outcome(settings, [result], params={"counter": params})
+    data = to_json(outcome, "apiary bench", "test machine")
+    assert data["results"][0]["error_messages"] == measured.messages
+    assert data["results"][0]["rounds"][0]["error_messages"] == measured.messages
+    markdown = to_markdown(data)
+    runtime_errors = measured.errors["RuntimeError"] * 2
+    assert (
+        f"- counter, rpc-baseline, 1 clients: {runtime_errors} RuntimeError: "
+        "`HTTP 401: no key for call 1 'detail'`"
+    ) in markdown

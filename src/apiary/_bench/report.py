@@ -159,6 +159,16 @@ def to_markdown(data: dict[str, Any]) -> str:
                 + (", ".join(f"{n} {k}" for k, n in r["errors"].items()) if failed else "0")
                 + " |"
             )
+    failures = [r for r in data["results"] if r.get("error_messages")]
+    if failures:
+        lines += ["", "## Failed operations", "", "The first message of each error type:", ""]
+        for r in failures:
+            for kind, message in r["error_messages"].items():
+                one_line = " ".join(message.split()).replace("`", "'")
+                lines.append(
+                    f"- {r['workload']}, {r['system']}, {r['clients']} clients: "
+                    f"{r['errors'].get(kind, 0)} {kind}: `{one_line}`"
+                )
     if data["ratios"]:
         lines += [
             "",

@@ -44,6 +44,8 @@ class Round:
     latencies: list[float]
     errors: Counter[str] = field(default_factory=Counter)
     by_op: dict[str, list[float]] = field(default_factory=dict)
+    #: The first message of each error type in ``errors`` (cut to :data:`MESSAGE_CHARS`).
+    messages: dict[str, str] = field(default_factory=dict)
     #: Seconds the system took after the round to finish what the round left running in
     #: the background (see :meth:`System.settle`); counted in ``seconds``.
     settled: float = 0.0
@@ -59,6 +61,15 @@ class Round:
         if not ordered:
             return 0.0
         return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] * 1000
+
+
+#: How much of a failed operation's error message a round keeps.
+MESSAGE_CHARS = 300
+
+
+def _first(messages: dict[str, str]) -> str:
+    kind, message = next(iter(messages.items()))
+    return f"{kind}: {message}"
 
 
 @dataclass
@@ -87,6 +98,15 @@ class Result:
             total.update(r.errors)
         return total
 
+    @property
+    def messages(self) -> dict[str, str]:
+        """The first message of each error type, all rounds."""
+        found: dict[str, str] = {}
+        for r in self.rounds:
+            for kind, message in r.messages.items():
+                found.setdefault(kind, message)
+        return found
+
     def _op_percentile(self, op: str, q: float) -> float:
         """Median over rounds of one operation's latency percentile."""
         return self.median(lambda r: r.percentile(q, r.by_op.get(op, [])))
@@ -104,6 +124,7 @@ class Result:
             "p50_ms": self.median(lambda r: r.percentile(50)),
             "p99_ms": self.median(lambda r: r.percentile(99)),
             "errors": dict(self.errors),
+            "error_messages": self.messages,
             "by_operation": {
                 op: {
                     "p50_ms": self._op_percentile(op, 50),
@@ -121,6 +142,7 @@ class Result:
                     "p50_ms": r.percentile(50),
                     "p99_ms": r.percentile(99),
                     "errors": dict(r.errors),
+                    "error_messages": r.messages,
                 }
                 for r in self.rounds
             ],
@@ -169,6 +191,7 @@ def run_timed(
     by_op: list[dict[str, list[float]]] = [{} for _ in runners]
     tallies = [Tally() for _ in runners]
     errors: list[Counter[str]] = [Counter() for _ in runners]
+    messages: dict[str, str] = {}
     crashed: list[BaseException] = []
     deadline = 0.0
 
@@ -193,7 +216,10 @@ def run_timed(
                 try:
                     output = run(workflow, args)
                 except Exception as exc:
-                    failed[type(exc).__name__] += 1
+                    kind = type(exc).__name__
+                    failed[kind] += 1
+                    if kind not in messages:  # the first of its type says what went wrong
+                        messages.setdefault(kind, str(exc)[:MESSAGE_CHARS])
                     continue
                 took = clock() - begun
                 own.append(took)
@@ -225,7 +251,12 @@ def run_timed(
     for own_tally in tallies:
         tally.merge(own_tally)
     return Round(
-        sum(counts), elapsed, [x for own in latencies for x in own], total_errors, merged_ops
+        sum(counts),
+        elapsed,
+        [x for own in latencies for x in own],
+        total_errors,
+        merged_ops,
+        messages=messages,
     )
 
 
@@ -403,7 +434,7 @@ def _bench_workload(
                         f"{system.name}: {measured.throughput:,.0f} ops/s, "
                         f"p50 {measured.percentile(50):.2f} ms, "
                         f"p99 {measured.percentile(99):.2f} ms"
-                        + (f", {failed} failed" if failed else "")
+                        + (f", {failed} failed ({_first(measured.messages)})" if failed else "")
                     )
             for system in systems:
                 system.close()
