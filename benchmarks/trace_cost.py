@@ -21,6 +21,9 @@ checkpointer). No spooler runs during the rounds; afterwards the traces staged b
 ``on`` rounds are spooled into a new DuckDB file, and its CPU per operation is the last
 line.
 
+``--clients N`` (with ``--url``) runs each round's operations on N threads sharing the
+runtime (its pool holds N connections), as ``apiary bench`` runs N clients.
+
 ``--backend`` (with ``--url``) then times the search unit's stored procedure inside one
 backend, called from a PL/Python block with the requests the ``on`` rounds sent, in five
 configurations that leave out one part of capture at a time (the block patches the
@@ -32,6 +35,7 @@ only what tracing costs per unit). Run::
 
     .venv/bin/python -m benchmarks.trace_cost [--ops 3000] [--rounds 3]
     .venv/bin/python -m benchmarks.trace_cost --url postgresql://apiary:apiary@127.0.0.1:55434/apiary_test
+    .venv/bin/python -m benchmarks.trace_cost --url postgresql://... --clients 4 --ops 8000
     .venv/bin/python -m benchmarks.trace_cost --backend --url postgresql://...
 """
 
