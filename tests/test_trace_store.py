@@ -28,11 +28,13 @@ from typing import Any
 import duckdb
 import pytest
 
+import apiary
 from apiary import _codec
 from apiary._database import Database, Statement
 from apiary._errors import DatabaseUnavailableError
-from apiary._tracing.spool import Spooler
-from apiary._tracing.store import TraceStore
+from apiary._tracing.spool import HOLD, Spooler
+from apiary._tracing.spool_process import SpoolerProcess
+from apiary._tracing.store import WANTED_SUFFIX, TraceStore
 from apiary._tracing.tables import TableInfo, tables_of
 from apiary._tracing.types import duckdb_type
 from tests.apps import ROOT
@@ -948,3 +950,62 @@ def test_a_database_created_again_is_not_mistaken_for_the_old_one(tmp_path: Path
             assert Spooler(SqliteEngine(db), store).spool_all() == 1
         assert [f["function"] for f in store.workflow_timeline("w1")] == ["pay", "audit"]
         assert count(store, "spooled") == 2
+
+
+def test_a_background_spooler_holds_the_store_until_another_store_asks(tmp_path: Path) -> None:
+    # Opening the DuckDB file and closing it (a checkpoint) cost as much as storing a
+    # second's traces, so a release-mode spooler keeps it open across rounds; a store
+    # of this process that waits for the file gets it at once, not after HOLD seconds.
+    staging = tmp_path / "staging.db"
+    trace = str(tmp_path / "trace.duckdb")
+    make_staging(staging)
+    spooler = Spooler(SqliteEngine(staging), TraceStore(trace, TABLES))
+    assert spooler.start(interval=0.02, release=True)
+    try:
+        for round_number in range(3):
+            stage(staging, [(f"w{round_number}", "u", unit_payload(f"w{round_number}", 1, 1))])
+            deadline = time.monotonic() + 10
+            while staged_ids(staging) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert staged_ids(staging) == []
+            time.sleep(0.1)  # a few rounds with nothing to do
+            assert spooler.store.is_open  # held, as no one asked
+            started = time.monotonic()
+            with TraceStore(trace, TABLES, read_only=True) as reader:
+                assert time.monotonic() - started < HOLD / 2
+                assert count(reader, "spooled") == round_number + 1
+    finally:
+        spooler.stop()
+    assert not spooler.store.is_open  # a stopped spooler lets the file go
+
+
+@pytest.mark.slow
+def test_a_store_of_another_process_asks_the_holding_spooler_for_the_file(
+    tmp_path: Path,
+) -> None:
+    # The spooler process of a runtime holds the file across rounds; a query from this
+    # process leaves a mark beside the file, and the holder lets the file go at once.
+    staging = tmp_path / "staging.db"
+    trace = str(tmp_path / "trace.duckdb")
+    app = apiary.App("held")
+    for ddl in SCHEMA:
+        app.schema(ddl)
+    with apiary.Runtime(app, f"sqlite:///{staging}", trace_store=None) as runtime:
+        runtime.install()  # the spooler process opens the database as a runtime does
+    process = SpoolerProcess(f"sqlite:///{staging}", trace, SCHEMA, interval=0.05)
+    process.start()
+    try:
+        for number in range(3):
+            stage(staging, [(f"p{number}", "u", unit_payload(f"p{number}", 1, 1))])
+            deadline = time.monotonic() + 30
+            while staged_ids(staging) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert staged_ids(staging) == []
+            started = time.monotonic()
+            with TraceStore(trace, TABLES, read_only=True) as reader:
+                assert time.monotonic() - started < HOLD / 2
+                assert count(reader, "spooled") == number + 1
+            assert not os.path.exists(trace + WANTED_SUFFIX)  # the holder took the mark away
+    finally:
+        process.stop()
+    assert not process.running

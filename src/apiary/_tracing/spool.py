@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
@@ -38,6 +39,12 @@ log = logging.getLogger("apiary.trace")
 
 #: Seconds the last round at :meth:`Spooler.stop` waits for a store busy in this process.
 STOP_WAIT = 5.0
+#: Seconds a background spooler in ``release`` mode keeps the store open across rounds
+#: at most, when no one asks for it (see :meth:`Spooler._round`).
+HOLD = 10.0
+#: Seconds between looks, while a ``release`` spooler waits for its next round, for
+#: another store asking for the file.
+ASKED_POLL = 0.1
 
 _STAGED = Statement(
     "SELECT id, workflow_id, invocation_id, payload FROM {sys}trace_staging ORDER BY id LIMIT ?",
@@ -78,6 +85,7 @@ class Spooler:
         self._warned = False
         self._release = False
         self._full = False
+        self._opened_at = 0.0
 
     def spool_once(self) -> int:
         """Move one batch from each database holding data (one, or a cluster's
@@ -150,9 +158,10 @@ class Spooler:
 
         Without ``release``, the store stays open (locked) while the thread runs, and
         ``False`` is returned, doing nothing, if another process holds it: that process
-        spools (logged once). With ``release``, the thread opens the store for each round
-        and closes it after, so other processes (``apiary trace``, other spoolers) can
-        open it between rounds; a round that finds it taken waits for the next.
+        spools (logged once). With ``release``, the thread lets the store go between
+        rounds whenever another store, of this process or another (``apiary trace``,
+        another spooler), waits for it, and at least every :data:`HOLD` seconds; a round
+        that finds it taken waits for the next.
         """
         if self._thread is not None:
             return True
@@ -204,22 +213,52 @@ class Spooler:
                 failure = repr(exc)
                 self._full = False
             if not self._full:  # staging was drained: wait (a full batch: go on)
-                self._stopping.wait(interval)
+                self._pause(interval)
+
+    def _pause(self, interval: float) -> None:
+        """Wait ``interval`` seconds for the next round; in ``release`` mode, let the
+        store go as soon as another store asks for it."""
+        if not self._release:
+            self._stopping.wait(interval)
+            return
+        deadline = time.monotonic() + interval
+        while not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._stopping.wait(min(left, ASKED_POLL))
+            if self.store.is_open and self.store.wanted():
+                with self._lock:
+                    self.store.close()
 
     def _round(self, wait: float = 0.0) -> int:
-        """Open the store, spool until staging is empty, close it (``release`` mode).
+        """Spool until staging is empty with the store open (``release`` mode).
 
-        If another process, or another store of this process, has the store open, wait
-        up to ``wait`` seconds, then leave the round to the next (or to that holder).
+        The store is opened if it is not, and kept open for the next round unless another
+        store waits for it (:meth:`TraceStore.wanted`), it has been held :data:`HOLD`
+        seconds, or the spooler stops: opening a DuckDB file and closing it (which
+        checkpoints it) cost as much as storing a second's traces (BENCHMARKS.md,
+        "Holding the trace store between rounds"). If another process, or another store
+        of this process, has the store open, wait up to ``wait`` seconds, then leave the
+        round to the next (or to that holder).
         """
-        try:
-            self.store.open(wait=wait)
-        except DatabaseUnavailableError:
-            return 0  # someone else has it right now: try at the next round
+        if not self.store.is_open:
+            try:
+                self.store.open(wait=wait)
+            except DatabaseUnavailableError:
+                return 0  # someone else has it right now: try at the next round
+            self._opened_at = time.monotonic()
+        let_go = True
         try:
             self.spool_all()
+            let_go = (
+                self._stopping.is_set()
+                or time.monotonic() - self._opened_at >= HOLD
+                or self.store.wanted()
+            )
         finally:
-            self.store.close()
+            if let_go:
+                self.store.close()
         return 0
 
     def __repr__(self) -> str:

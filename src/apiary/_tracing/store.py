@@ -113,6 +113,19 @@ from apiary._tracing.types import _converter, _Unfit, duckdb_type
 #: another) has open.
 OPEN_WAIT = 30.0
 _LOCK_POLL = 0.05
+#: Beside the file, the mark a store of another process leaves while it waits for the
+#: file: the holder (a spooler keeping it open between rounds) lets it go when it sees it.
+WANTED_SUFFIX = ".wanted"
+
+
+def _ask_for(path: str) -> None:
+    """Leave the mark that asks the process holding ``path`` to let it go (best effort:
+    in a folder this process cannot write to, it waits for the holder's own release)."""
+    try:
+        with open(path + WANTED_SUFFIX, "a"):
+            pass
+    except OSError:
+        pass
 
 
 def digest(payload: str) -> int:
@@ -162,6 +175,23 @@ class TraceStore:
         with self._lock:
             self._connect(wait)
 
+    @property
+    def is_open(self) -> bool:
+        """Whether this store has the file open now."""
+        return self._con is not None
+
+    def wanted(self) -> bool:
+        """Whether another store waits for the file this store has open: one of this
+        process, or one of another process (which leaves a mark beside the file while it
+        waits; the mark is removed here, as the caller is expected to let the file go)."""
+        if turns.wanted(self._key):
+            return True
+        try:
+            os.remove(self.path + WANTED_SUFFIX)
+        except OSError:
+            return False
+        return True
+
     def close(self) -> None:
         """Close the file, releasing its lock. A later call opens it again."""
         with self._lock:
@@ -206,6 +236,7 @@ class TraceStore:
                     locked = "lock" in str(exc).lower()
                     if not locked or time.monotonic() + _LOCK_POLL > deadline:
                         raise DatabaseUnavailableError(f"trace store {self.path!r}: {exc}") from exc
+                    _ask_for(self.path)
                     time.sleep(_LOCK_POLL)  # another process's round: wait for its end
             try:
                 con.execute("SET TimeZone = 'UTC'")  # TIMESTAMPTZ values read back in UTC

@@ -18,20 +18,36 @@ class Turns:
         self._changed = threading.Condition()
         self._writers: dict[str, object] = {}
         self._readers: dict[str, int] = {}
+        self._waiting: dict[str, int] = {}
 
     def take(self, key: str, read_only: bool, wait: float) -> bool:
         deadline = time.monotonic() + wait
         with self._changed:
-            while key in self._writers or (not read_only and self._readers.get(key)):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._changed.wait(left)
+            waiting = False
+            try:
+                while key in self._writers or (not read_only and self._readers.get(key)):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    if not waiting:
+                        waiting = True
+                        self._waiting[key] = self._waiting.get(key, 0) + 1
+                    self._changed.wait(left)
+            finally:
+                if waiting:
+                    self._waiting[key] -= 1
+                    if not self._waiting[key]:
+                        del self._waiting[key]
             if read_only:
                 self._readers[key] = self._readers.get(key, 0) + 1
             else:
                 self._writers[key] = True
             return True
+
+    def wanted(self, key: str) -> bool:
+        """Whether a store of this process waits for file ``key``."""
+        with self._changed:
+            return bool(self._waiting.get(key))
 
     def give_back(self, key: str, read_only: bool) -> None:
         with self._changed:
