@@ -117,6 +117,14 @@ def staged_ids(path: Path) -> list[int]:
         return [r[0] for r in conn.execute("SELECT id FROM apiary_trace_staging ORDER BY id")]
 
 
+def wait_until_spooled(path: Path, seconds: float = 10.0) -> None:
+    """Wait until a background spooler has taken every staged row of ``path``."""
+    deadline = time.monotonic() + seconds
+    while staged_ids(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert staged_ids(path) == []
+
+
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 CUSTOMER_COLUMNS = list(TABLES["customers"].columns)
 
@@ -884,10 +892,7 @@ def test_only_one_process_spools(
             store.open()
         # The holder spools what is staged meanwhile.
         stage(staging, [("w1", "u", unit_payload("w1", 1, 1))])
-        deadline = time.monotonic() + 10
-        while staged_ids(staging) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert staged_ids(staging) == []
+        wait_until_spooled(staging)
     finally:
         holder.communicate("stop\n", timeout=60)
     assert holder.returncode == 0
@@ -964,10 +969,7 @@ def test_a_background_spooler_holds_the_store_until_another_store_asks(tmp_path:
     try:
         for round_number in range(3):
             stage(staging, [(f"w{round_number}", "u", unit_payload(f"w{round_number}", 1, 1))])
-            deadline = time.monotonic() + 10
-            while staged_ids(staging) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert staged_ids(staging) == []
+            wait_until_spooled(staging)
             time.sleep(0.1)  # a few rounds with nothing to do
             assert spooler.store.is_open  # held, as no one asked
             started = time.monotonic()
@@ -997,10 +999,7 @@ def test_a_store_of_another_process_asks_the_holding_spooler_for_the_file(
     try:
         for number in range(3):
             stage(staging, [(f"p{number}", "u", unit_payload(f"p{number}", 1, 1))])
-            deadline = time.monotonic() + 30
-            while staged_ids(staging) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert staged_ids(staging) == []
+            wait_until_spooled(staging, 30)
             started = time.monotonic()
             with TraceStore(trace, TABLES, read_only=True) as reader:
                 assert time.monotonic() - started < HOLD / 2
