@@ -45,6 +45,9 @@ HOLD = 10.0
 #: Seconds between looks, while a ``release`` spooler waits for its next round, for
 #: another store asking for the file.
 ASKED_POLL = 0.1
+#: Seconds a ``release`` spooler leaves the store alone after letting it go because
+#: another store asked for it: enough for one that retries every tenth of a second.
+YIELD_GRACE = 1.0
 
 _STAGED = Statement(
     "SELECT id, workflow_id, invocation_id, payload FROM {sys}trace_staging ORDER BY id LIMIT ?",
@@ -86,6 +89,7 @@ class Spooler:
         self._release = False
         self._full = False
         self._opened_at = 0.0
+        self._yielded_at = -YIELD_GRACE
 
     def spool_once(self) -> int:
         """Move one batch from each database holding data (one, or a cluster's
@@ -189,7 +193,7 @@ class Spooler:
         self._stopping.set()
         thread.join()
         if self._release:
-            self._round(wait=STOP_WAIT)
+            self._round(wait=STOP_WAIT, ask=True)
         else:
             self.spool_all()
 
@@ -230,8 +234,9 @@ class Spooler:
             if self.store.is_open and self.store.wanted():
                 with self._lock:
                     self.store.close()
+                self._yielded_at = time.monotonic()
 
-    def _round(self, wait: float = 0.0) -> int:
+    def _round(self, wait: float = 0.0, ask: bool = False) -> int:
         """Spool until staging is empty with the store open (``release`` mode).
 
         The store is opened if it is not, and kept open for the next round unless another
@@ -239,23 +244,25 @@ class Spooler:
         seconds, or the spooler stops: opening a DuckDB file and closing it (which
         checkpoints it) cost as much as storing a second's traces (BENCHMARKS.md,
         "Holding the trace store between rounds"). If another process, or another store
-        of this process, has the store open, wait up to ``wait`` seconds, then leave the
-        round to the next (or to that holder).
+        of this process, has the store open, wait up to ``wait`` seconds (asking a holder
+        in another process for it only with ``ask``: the last round, at stop), then leave
+        the round to the next (or to that holder).
         """
         if not self.store.is_open:
+            if not ask and time.monotonic() - self._yielded_at < YIELD_GRACE:
+                return 0  # it was just handed to a store that asked: its turn first
             try:
-                self.store.open(wait=wait)
+                self.store.open(wait=wait, ask=ask)
             except DatabaseUnavailableError:
                 return 0  # someone else has it right now: try at the next round
             self._opened_at = time.monotonic()
         let_go = True
         try:
             self.spool_all()
-            let_go = (
-                self._stopping.is_set()
-                or time.monotonic() - self._opened_at >= HOLD
-                or self.store.wanted()
-            )
+            if self.store.wanted():
+                self._yielded_at = time.monotonic()
+            else:
+                let_go = self._stopping.is_set() or time.monotonic() - self._opened_at >= HOLD
         finally:
             if let_go:
                 self.store.close()

@@ -106,26 +106,12 @@ from apiary._tracing.layout import (
     quote,
 )
 from apiary._tracing.tables import TableInfo
-from apiary._tracing.turns import turns
+from apiary._tracing.turns import asked_for, open_file, turns
 from apiary._tracing.types import _converter, _Unfit, duckdb_type
 
 #: Seconds an open waits, by default, for the file another store (of this process or
 #: another) has open.
 OPEN_WAIT = 30.0
-_LOCK_POLL = 0.05
-#: Beside the file, the mark a store of another process leaves while it waits for the
-#: file: the holder (a spooler keeping it open between rounds) lets it go when it sees it.
-WANTED_SUFFIX = ".wanted"
-
-
-def _ask_for(path: str) -> None:
-    """Leave the mark that asks the process holding ``path`` to let it go (best effort:
-    in a folder this process cannot write to, it waits for the holder's own release)."""
-    try:
-        with open(path + WANTED_SUFFIX, "a"):
-            pass
-    except OSError:
-        pass
 
 
 def digest(payload: str) -> int:
@@ -166,14 +152,15 @@ class TraceStore:
 
     # -- connection and schema -------------------------------------------------------
 
-    def open(self, wait: float = OPEN_WAIT) -> None:
+    def open(self, wait: float = OPEN_WAIT, *, ask: bool = True) -> None:
         """Open the file now (it is otherwise opened on first use).
 
-        Raises :class:`~apiary.DatabaseUnavailableError` if another process holds it, or
-        if another store of this process still holds it after ``wait`` seconds.
+        Raises :class:`~apiary.DatabaseUnavailableError` if another store, of this process
+        or another, still holds it after ``wait`` seconds. With ``ask``, a holder in
+        another process is asked to let it go (:func:`apiary._tracing.turns.open_file`).
         """
         with self._lock:
-            self._connect(wait)
+            self._connect(wait, ask)
 
     @property
     def is_open(self) -> bool:
@@ -181,16 +168,9 @@ class TraceStore:
         return self._con is not None
 
     def wanted(self) -> bool:
-        """Whether another store waits for the file this store has open: one of this
-        process, or one of another process (which leaves a mark beside the file while it
-        waits; the mark is removed here, as the caller is expected to let the file go)."""
-        if turns.wanted(self._key):
-            return True
-        try:
-            os.remove(self.path + WANTED_SUFFIX)
-        except OSError:
-            return False
-        return True
+        """Whether another store, of this process or another, waits for the file this
+        store has open (the caller is expected to let it go; :mod:`~apiary._tracing.turns`)."""
+        return turns.wanted(self._key) or asked_for(self.path)
 
     def close(self) -> None:
         """Close the file, releasing its lock. A later call opens it again."""
@@ -217,7 +197,7 @@ class TraceStore:
     def _key(self) -> str:
         return os.path.realpath(self.path)
 
-    def _connect(self, wait: float = OPEN_WAIT) -> duckdb.DuckDBPyConnection:
+    def _connect(self, wait: float = OPEN_WAIT, ask: bool = True) -> duckdb.DuckDBPyConnection:
         if self._con is not None:
             return self._con
         deadline = time.monotonic() + wait
@@ -227,17 +207,7 @@ class TraceStore:
                 f"(a spooler's round, or a query), still after {wait:g} s"
             )
         try:
-            while True:
-                try:
-                    con = duckdb.connect(self.path, read_only=self.read_only)
-                    break
-                except duckdb.IOException as exc:
-                    # "Could not set lock on file ...: Conflicting lock is held in ... (PID n)"
-                    locked = "lock" in str(exc).lower()
-                    if not locked or time.monotonic() + _LOCK_POLL > deadline:
-                        raise DatabaseUnavailableError(f"trace store {self.path!r}: {exc}") from exc
-                    _ask_for(self.path)
-                    time.sleep(_LOCK_POLL)  # another process's round: wait for its end
+            con = open_file(self.path, self.read_only, deadline, ask=ask)
             try:
                 con.execute("SET TimeZone = 'UTC'")  # TIMESTAMPTZ values read back in UTC
                 if not self.read_only:
