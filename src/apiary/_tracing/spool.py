@@ -231,10 +231,17 @@ class Spooler:
             if left <= 0:
                 return
             self._stopping.wait(min(left, ASKED_POLL))
-            if self.store.is_open and self.store.wanted():
-                with self._lock:
-                    self.store.close()
-                self._yielded_at = time.monotonic()
+            self._yield_if_asked()
+
+    def _yield_if_asked(self) -> bool:
+        """Close the store if another store waits for it (``release`` mode), and leave
+        it alone for :data:`YIELD_GRACE` seconds; return whether it did."""
+        if not (self.store.is_open and self.store.wanted()):
+            return False
+        with self._lock:
+            self.store.close()
+        self._yielded_at = time.monotonic()
+        return True
 
     def _round(self, wait: float = 0.0, ask: bool = False) -> int:
         """Spool until staging is empty with the store open (``release`` mode).
@@ -256,16 +263,15 @@ class Spooler:
             except DatabaseUnavailableError:
                 return 0  # someone else has it right now: try at the next round
             self._opened_at = time.monotonic()
-        let_go = True
         try:
             self.spool_all()
-            if self.store.wanted():
-                self._yielded_at = time.monotonic()
-            else:
-                let_go = self._stopping.is_set() or time.monotonic() - self._opened_at >= HOLD
-        finally:
-            if let_go:
-                self.store.close()
+        except BaseException:
+            self.store.close()
+            raise
+        if not self._yield_if_asked() and (
+            self._stopping.is_set() or time.monotonic() - self._opened_at >= HOLD
+        ):
+            self.store.close()
         return 0
 
     def __repr__(self) -> str:
