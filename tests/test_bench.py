@@ -281,6 +281,6 @@ def test_a_failed_operation_is_reported_with_its_message() -> None:
     markdown = to_markdown(data)
     runtime_errors = measured.errors["RuntimeError"] * 2
     assert (
-        f"- counter, rpc-baseline, 1 clients: {runtime_errors} RuntimeError: "
+        f"- counter, rpc-baseline, 1 client: {runtime_errors} RuntimeError: "
         "`HTTP 401: no key for call 1 'detail'`"
     ) in markdown

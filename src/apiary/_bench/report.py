@@ -166,7 +166,7 @@ def to_markdown(data: dict[str, Any]) -> str:
             for kind, message in r["error_messages"].items():
                 one_line = " ".join(message.split()).replace("`", "'")
                 lines.append(
-                    f"- {r['workload']}, {r['system']}, {r['clients']} clients: "
+                    f"- {r['workload']}, {r['system']}, {_clients(r['clients'])}: "
                     f"{r['errors'].get(kind, 0)} {kind}: `{one_line}`"
                 )
     if data["ratios"]:
@@ -235,7 +235,7 @@ def charts(data: dict[str, Any], out: Path) -> list[Path] | str:
             (left, "throughput (ops/s)"),
             (right, "latency ms: p50 (solid), p99 (light)"),
         ):
-            axis.set_xticks(range(len(clients)), [f"{c} clients" for c in clients])
+            axis.set_xticks(range(len(clients)), [_clients(c) for c in clients])
             axis.set_title(title)
             axis.grid(axis="y", alpha=0.3)
         right.set_yscale("log")
@@ -261,3 +261,8 @@ def write(
     if isinstance(drawn, str):
         return data, [out / "results.md", out / "results.json"], drawn
     return data, [out / "results.md", out / "results.json", *drawn], None
+
+
+def _clients(count: int) -> str:
+    """``"1 client"``, ``"4 clients"``."""
+    return f"{count} client" + ("" if count == 1 else "s")
