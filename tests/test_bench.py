@@ -6,6 +6,7 @@ written, that their figures are sane and that every database's invariants held.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from apiary._bench import cli
+from apiary._bench.direct import run_now
 from apiary._bench.runner import _settled, run_timed
 from apiary._bench.systems import SYSTEMS, VARIANTS, ApiarySystem, SqliteDatabase
 from apiary._bench.workloads import WORKLOADS
@@ -87,6 +89,8 @@ def test_smoke(
 ) -> None:
     monkeypatch.setenv("APIARY_BENCH_DBOS_PYTHON", str(tmp_path / "no-such-python"))
     systems = [s for engine in engines for s in ENGINE_SYSTEMS[engine]]
+    if engines != ["sqlite"]:
+        systems.append("direct")  # the conventional code in this process, on PostgreSQL
     options = ["--workload", workload, "--systems", *systems, "dbos"]
     if engines != ["sqlite"]:
         options += ["--db-url", request.getfixturevalue("postgres_admin")]
@@ -104,6 +108,18 @@ def test_smoke(
         assert checked == sorted([s] for s in systems)
     else:
         assert checked == [sorted(systems)]
+
+
+def test_direct_calls_run_the_service_handlers_without_an_event_loop() -> None:
+    async def no_wait(x: int) -> int:
+        return x + 1
+
+    async def waits() -> None:
+        await asyncio.sleep(0)
+
+    assert run_now(no_wait(1)) == 2
+    with pytest.raises(RuntimeError, match=r"waits.*cannot run directly"):
+        run_now(waits())
 
 
 def test_fault_tolerance_variants(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ SYSTEMS = (
     "apiary-pg-client",
     "apiary-http",
     "rpc-baseline",
+    "direct",
     "dbos",
 )
 VARIANTS = ("record-none", "record-sfr", "record-all", "trace-off", "trace-on", "manual-log")

@@ -2,7 +2,8 @@
 
 * ``apiary-http``: ``apiary serve apiary._bench.<workload>:app`` on the PostgreSQL
   database (``placement=db``), as an operator runs it (tracing on, ``record="sfr"``);
-* ``rpc-baseline``: the conventional service of :mod:`apiary._bench.rpc_service`.
+* ``rpc-baseline``: the conventional service of :mod:`apiary._bench.rpc_service`;
+* ``direct``: that service's handlers called in this process (:mod:`apiary._bench.direct`).
 
 Both are one uvicorn process, started for each client count with a connection pool as
 large as the clients, and driven by the client threads over HTTP/1.1 keep-alive
@@ -63,9 +64,7 @@ class HttpSystem(System):
         self.log = work_dir / f"{workload.name}-{name}.log"
 
     def install(self) -> None:
-        # The schema (and Apiary's tables, which the checks read) via client placement.
-        with Runtime(self.workload.app, f"{self.database.url}?placement=client") as runtime:
-            runtime.install()
+        install_schema(self.workload, self.database)
 
     def command(self, port: int, clients: int) -> list[str]:
         """The server's command line."""
@@ -212,6 +211,13 @@ class ApiaryHttp(HttpSystem):
         return f"/v1/workflows/{workflow}"
 
 
+def install_schema(workload: Workload, database: Database) -> None:
+    """Install a workload's schema (and Apiary's tables, which the checks read) for a
+    system that is not Apiary, via client placement (no stored procedures)."""
+    with Runtime(workload.app, f"{database.url}?placement=client") as runtime:
+        runtime.install()
+
+
 def apiary_command() -> list[str]:
     """The ``apiary`` command, run with this interpreter (and its import path)."""
     return [sys.executable, "-c", "import sys; from apiary._cli import main; sys.exit(main())"]
@@ -238,6 +244,12 @@ def make(
         assert database is not None
         kind = RpcBaseline if name == "rpc-baseline" else ApiaryHttp
         return kind(name, database, workload, work_dir)
+    if name == "direct":
+        pg_available(settings.db_url)
+        assert database is not None
+        from apiary._bench.direct import DirectCalls
+
+        return DirectCalls(name, database, workload)
     if name == "dbos":
         from apiary._bench.dbos_peer import make_dbos
 

@@ -36,6 +36,14 @@ COMPARISONS += [
     ("apiary-pg", "apiary-pg-client", "placement=db over client", "speed-up", None),
     ("apiary-http", "rpc-baseline", "end to end over HTTP", "speed-up", 2.0),
     ("apiary-pg", "rpc-baseline", "in-process apiary-pg over the RPC baseline", "speed-up", None),
+    ("apiary-pg", "direct", "in-process apiary-pg over direct calls", "speed-up", None),
+    (
+        "apiary-pg:trace-off",
+        "direct",
+        "in-process apiary-pg (tracing off) over direct calls",
+        "speed-up",
+        None,
+    ),
     ("apiary-pg", "dbos", "apiary-pg over DBOS", "speed-up", 20.0),
     ("apiary-pg:trace-off", "dbos", "apiary-pg (tracing off) over DBOS", "speed-up", 20.0),
     (

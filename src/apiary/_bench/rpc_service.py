@@ -35,12 +35,20 @@ def pg(sql: str) -> str:
 
 
 class Service:
-    """The operations of every workload, as handlers over one connection pool."""
+    """The operations of every workload, as handlers over one connection pool.
 
-    def __init__(self, pool: Any) -> None:
+    ``sleep`` waits between the tries of a conflicting transaction: ``asyncio.sleep`` in
+    the service, a blocking sleep where the handlers run without an event loop
+    (:mod:`apiary._bench.direct`).
+    """
+
+    def __init__(
+        self, pool: Any, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    ) -> None:
         import psycopg
 
         self.pool = pool
+        self.sleep = sleep
         self.retryable = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
 
     async def transact(self, work: Callable[[Any], Awaitable[Any]]) -> Any:
@@ -53,7 +61,7 @@ class Service:
                         return await work(conn)
                 except self.retryable:
                     pass
-            await asyncio.sleep(random.uniform(0, delay))
+            await self.sleep(random.uniform(0, delay))
             delay = min(delay * 2, 0.1)
 
     # -- hotel --------------------------------------------------------------------------

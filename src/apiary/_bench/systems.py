@@ -40,7 +40,7 @@ Runner = Callable[[str, dict[str, Any]], Any]
 
 APIARY_SYSTEMS = ("apiary-sqlite", "apiary-pg", "apiary-pg-client")
 #: Every system ``--systems`` accepts, in the order the tables show them.
-SYSTEMS = (*APIARY_SYSTEMS, "apiary-http", "rpc-baseline", "dbos")
+SYSTEMS = (*APIARY_SYSTEMS, "apiary-http", "rpc-baseline", "direct", "dbos")
 #: Systems that take ``--variants``.
 VARIANT_SYSTEMS = ("apiary-sqlite", "apiary-pg")
 
