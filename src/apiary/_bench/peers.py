@@ -16,6 +16,7 @@ the shared PostgreSQL database of the workload, checked with the other PostgreSQ
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 import subprocess
@@ -233,19 +234,15 @@ def make(
     """The peer system ``name``, or :class:`SkipSystem` saying why it cannot run."""
     if name.partition(":")[0] in HTTP_SYSTEMS:
         pg_available(settings.db_url)
-        try:
-            import httpx  # noqa: F401
-            import starlette  # noqa: F401
-            import uvicorn  # noqa: F401
-        except ImportError as exc:
-            raise SkipSystem(
-                f"{exc.name} is not installed (pip install 'apiary[server]')"
-            ) from None
+        _require("server", "httpx", "starlette", "uvicorn")
+        if name == "rpc-baseline":
+            _require("bench", "psycopg_pool")
         assert database is not None
         kind = RpcBaseline if name == "rpc-baseline" else ApiaryHttp
         return kind(name, database, workload, work_dir)
     if name == "direct":
         pg_available(settings.db_url)
+        _require("bench", "psycopg_pool")
         assert database is not None
         from apiary._bench.direct import DirectCalls
 
@@ -255,3 +252,11 @@ def make(
 
         return make_dbos(settings, workload, work_dir, database)
     raise SkipSystem(f"unknown system {name!r}")
+
+
+def _require(extra: str, *modules: str) -> None:
+    """Raise :class:`SkipSystem` naming the first of ``modules`` that is not installed,
+    and the extra of the package that installs it."""
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise SkipSystem(f"{module} is not installed (pip install 'apiary[{extra}]')")
